@@ -1,0 +1,204 @@
+"""``kdlib`` command line. Every bad input ends with one ``kdlib: error: ...`` line and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from kdlib.errors import KdlibError
+
+
+def _default_output() -> Path:
+    return Path(os.environ.get("KDLIB_OUTPUT") or "runs").resolve()
+
+
+def _default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{_default_output() / 'mlflow.db'}"
+
+
+# ---- commands -----------------------------------------------------------------------------------
+def cmd_sweep_validate(args: argparse.Namespace) -> int:
+    from kdlib.config import load_config
+    from kdlib.sweep.space import grid_points
+
+    cfg = load_config(args.sweep, smoke=args.smoke_test)
+    n = len(grid_points(cfg.search))
+    print(f"{args.sweep}: OK — experiment '{cfg.experiment}', {n} trial(s) "
+          f"({' × '.join(str(len(v)) for v in (cfg.search.method, cfg.search.student_ratio, cfg.search.seed))}"
+          f"{' × grid' if cfg.search.grid else ''}{' × repeats' if cfg.search.repeats > 1 else ''}), "
+          f"optuna knobs: {', '.join(cfg.search.optuna) or 'none'}, scheduler {cfg.scheduler.name}, "
+          f"config hash {cfg.config_hash()}")
+    return 0
+
+
+def cmd_sweep_run(args: argparse.Namespace) -> int:
+    from kdlib.config import load_config
+
+    cfg = load_config(args.sweep, smoke=args.smoke_test)
+    from kdlib.sweep.runner import run_sweep
+
+    outcome = run_sweep(cfg, smoke=args.smoke_test, report=not args.no_report)
+    print(f"[sweep] {outcome.trials} trial(s), {outcome.errored} errored, {outcome.seconds / 60:.1f} min; "
+          f"MLflow experiment '{outcome.experiment}' (parent run {outcome.parent_run_id}) at {outcome.tracking_uri}")
+    for name, path in outcome.report.items():
+        print(f"[sweep] {name}: {path}")
+    print(f"[sweep] browse: mlflow ui --backend-store-uri {outcome.tracking_uri} --workers 1")
+    return 1 if outcome.errored == outcome.trials and outcome.trials else 0
+
+
+def cmd_train_teacher(args: argparse.Namespace) -> int:
+    from kdlib.config import load_config
+    from kdlib.train.teacher import train_teacher
+
+    cfg = load_config(args.sweep, smoke=args.smoke_test)
+    meta = train_teacher(cfg, args.out)
+    keys = ("params", "macs", "val_si_sdr", "test_pesq", "test_stoi", "test_estoi", "test_si_sdr",
+            "noisy_pesq", "noisy_stoi", "noisy_estoi", "noisy_si_sdr", "train_seconds", "audio_seconds_per_second")
+    print(json.dumps({k: meta.get(k) for k in keys}, indent=2))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from kdlib.report import write_report
+
+    out = Path(args.out) if args.out else _default_output() / "reports" / args.experiment
+    paths = write_report(args.tracking_uri or _default_tracking_uri(), args.experiment, out, args.run_id)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from kdlib.data import PairedCorpus
+    from kdlib.evaluation import evaluate_model, evaluate_noisy, resolve_pesq_mode
+    from kdlib.models import load_model
+
+    model, meta = load_model(args.checkpoint, args.device if args.device != "auto" else
+                             ("cuda" if torch.cuda.is_available() else "cpu"))
+    corpus = PairedCorpus(args.data, sample_rate=model.sample_rate)
+    corpus = corpus.subset(args.speakers, args.max_utterances)
+    mode = resolve_pesq_mode(args.pesq_mode, corpus)
+    summary = evaluate_model(model, corpus, mode, num_workers=args.workers)
+    result = {"checkpoint": str(args.checkpoint), "data": str(args.data), "utterances": len(corpus),
+              "pesq_mode": mode, "sample_rate": corpus.sample_rate, **summary.as_flat_dict()}
+    if args.noisy:
+        result.update(evaluate_noisy(corpus, mode, num_workers=args.workers).as_flat_dict("noisy_"))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for k, v in result.items():
+            print(f"{k:>20}: {v:.4f}" if isinstance(v, float) else f"{k:>20}: {v}")
+    return 0
+
+
+def cmd_enhance(args: argparse.Namespace) -> int:
+    from kdlib.data import read_audio, write_audio
+    from kdlib.evaluation import enhance
+    from kdlib.models import load_model
+
+    model, _ = load_model(args.checkpoint)
+    noisy = read_audio(args.input, sample_rate=model.sample_rate)
+    write_audio(args.output, enhance(model, noisy), model.sample_rate)
+    print(f"wrote {args.output} ({len(noisy) / model.sample_rate:.2f} s at {model.sample_rate} Hz)")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from kdlib.kd import KD_METHODS
+
+    for name, cls in KD_METHODS.items():
+        print(f"{name}\n  source: {cls.source}")
+        for knob, field in cls.Config.model_fields.items():
+            default = field.get_default(call_default_factory=True)
+            kind = getattr(field.annotation, "__name__", None) if isinstance(field.annotation, type) else None
+            print(f"  {knob}: {kind or str(field.annotation).replace('typing.', '')} = {default!r}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    import inspect
+
+    import torch
+
+    from kdlib.models import MODELS, count_params
+
+    for name, cls in MODELS.items():
+        with torch.device("meta"):
+            params = count_params(cls())
+        print(f"{name} ({cls.__name__}): {params:,} params with defaults")
+        for knob, what in cls.size_knobs.items():
+            print(f"  size knob {knob}: {what}")
+        sig = inspect.signature(cls.__init__)
+        print("  args: " + ", ".join(f"{p.name}={p.default!r}" for p in list(sig.parameters.values())[1:]))
+    return 0
+
+
+# ---- parser -------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kdlib", description="Knowledge-distillation sweeps for speech enhancement.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sweep = sub.add_parser("sweep", help="run or validate a sweep YAML").add_subparsers(dest="sweep_cmd", required=True)
+    run = sweep.add_parser("run", help="run a sweep: teacher, Ray Tune trials, MLflow, Pareto report")
+    run.add_argument("sweep", help="sweep YAML (e.g. sweeps/quickstart.yaml)")
+    run.add_argument("--smoke-test", action="store_true", help="tiny epochs/data: same code paths in ~1 min")
+    run.add_argument("--no-report", action="store_true", help="skip the Pareto report at the end")
+    run.set_defaults(func=cmd_sweep_run)
+    val = sweep.add_parser("validate", help="validate a sweep YAML and print its trial count")
+    val.add_argument("sweep")
+    val.add_argument("--smoke-test", action="store_true")
+    val.set_defaults(func=cmd_sweep_validate)
+
+    tt = sub.add_parser("train-teacher", help="train and save the sweep's teacher")
+    tt.add_argument("sweep")
+    tt.add_argument("--out", help="checkpoint path (default: the sweep's teacher path)")
+    tt.add_argument("--smoke-test", action="store_true")
+    tt.set_defaults(func=cmd_train_teacher)
+
+    rep = sub.add_parser("report", help="Pareto plots + report.md of a sweep from MLflow")
+    rep.add_argument("experiment", help="MLflow experiment (= sweep name; '<name>-smoke' for smoke runs)")
+    rep.add_argument("--out", help="output dir (default: runs/reports/EXPERIMENT)")
+    rep.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db")
+    rep.add_argument("--run-id", help="parent run of the sweep (default: the latest)")
+    rep.set_defaults(func=cmd_report)
+
+    ev = sub.add_parser("eval", help="PESQ/STOI/ESTOI/SI-SDR of a checkpoint on a paired corpus")
+    ev.add_argument("checkpoint")
+    ev.add_argument("--data", required=True, help="paired corpus folder (pairs.csv, VB+DEMAND or NOIZEUS layout)")
+    ev.add_argument("--pesq-mode", choices=["auto", "wb", "nb"], default="auto",
+                    help="auto: nb for narrowband (NOIZEUS) material, else wb")
+    ev.add_argument("--speakers", nargs="*", help="only these speakers")
+    ev.add_argument("--max-utterances", type=int)
+    ev.add_argument("--workers", type=int, default=1, help="processes for PESQ/STOI")
+    ev.add_argument("--noisy", action="store_true", help="also score the unprocessed noisy input")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=cmd_eval)
+
+    en = sub.add_parser("enhance", help="enhance one wav file with a checkpoint")
+    en.add_argument("checkpoint")
+    en.add_argument("input")
+    en.add_argument("output")
+    en.set_defaults(func=cmd_enhance)
+
+    sub.add_parser("methods", help="list KD methods with their knobs and sources").set_defaults(func=cmd_methods)
+    sub.add_parser("models", help="list model families with their size knobs").set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KdlibError as exc:
+        print(f"kdlib: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,341 @@
+"""Sweep YAML → validated :class:`SweepConfig`.
+
+Loading refuses, before any work and with one line naming the key: malformed YAML, YAML tags (only
+``yaml.safe_load``, so no tag can run code), unknown keys, wrong types and impossible values
+(ratios outside (0, 1], empty grids, unknown models or KD methods, KD knobs a method lacks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from kdlib.errors import ConfigError, KdlibError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelNode(_Strict):
+    """A registered model: ``{name, kwargs}``."""
+
+    name: str = "dpdcrn"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class MixConfig(_Strict):
+    """On-the-fly training mixtures: clean speech + real noise at a random SNR (dB)."""
+
+    speech: str = "speech"
+    noise: str = "noise"
+    snr_db: tuple[float, float] = (-5.0, 15.0)
+    segment_seconds: float = Field(2.0, gt=0)
+    segments_per_epoch: int = Field(400, ge=1)
+    #: extra speakers to keep out of training; the valid/test speakers are always excluded
+    exclude_speakers: list[str] = Field(default_factory=list)
+
+    @field_validator("snr_db")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[0] > v[1]:
+            raise ValueError("low SNR must not exceed high SNR")
+        return v
+
+
+class PairedConfig(_Strict):
+    """A paired noisy/clean corpus folder (relative to the data root) and which of it to use."""
+
+    corpus: str
+    speakers: list[str] | None = None
+    max_utterances: int | None = Field(None, ge=1)
+    pesq_mode: Literal["auto", "wb", "nb"] = "auto"
+
+
+class DataConfig(_Strict):
+    root: str | None = None
+    sample_rate: Literal[8000, 16000] = 16000
+    train: MixConfig = Field(default_factory=MixConfig)
+    valid: PairedConfig
+    test: PairedConfig
+
+
+class TeacherConfig(_Strict):
+    model: ModelNode = Field(default_factory=ModelNode)
+    checkpoint: str | None = None
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    threads: int = Field(2, ge=1)
+
+
+class TrainingConfig(_Strict):
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    kd_weight: float = Field(1.0, ge=0)
+    grad_clip: float = Field(5.0, gt=0)
+    device: str = "auto"
+    #: same-size tolerance of the size builder (±, relative)
+    size_tolerance: float = Field(0.10, gt=0, lt=1)
+
+
+class Distribution(_Strict):
+    """One continuous/discrete knob for Optuna: exactly one of the keys."""
+
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    int: tuple[int, int] | None = None
+    choice: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Distribution:
+        set_ = [k for k in ("uniform", "loguniform", "int", "choice") if getattr(self, k) is not None]
+        if len(set_) != 1:
+            raise ValueError("give exactly one of uniform, loguniform, int, choice")
+        lo_hi = self.uniform or self.loguniform or self.int
+        if lo_hi is not None and lo_hi[0] >= lo_hi[1]:
+            raise ValueError(f"range must be increasing, got {list(lo_hi)}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError("loguniform bounds must be > 0")
+        if self.choice is not None and not self.choice:
+            raise ValueError("choice needs at least one value")
+        return self
+
+
+class SearchConfig(_Strict):
+    """Grid over method × student_ratio × seed (× ``kd.<knob>`` lists); Optuna samples the
+    continuous knobs (``lr``, ``kd_weight``, ``kd.<knob>``) inside every grid cell."""
+
+    method: list[str] = Field(min_length=1)
+    student_ratio: list[float] = Field(min_length=1)
+    seed: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    optuna: dict[str, Distribution] = Field(default_factory=dict)
+    repeats: int = Field(1, ge=1)
+
+    @field_validator("student_ratio")
+    @classmethod
+    def _ratios(cls, v: list[float]) -> list[float]:
+        for r in v:
+            if not 0 < r <= 1:
+                raise ValueError(f"every ratio must be in (0, 1], got {r}")
+        return v
+
+
+class SchedulerConfig(_Strict):
+    name: Literal["fifo", "asha"] = "fifo"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class ResourcesConfig(_Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0, le=1)
+
+
+class RayConfig(_Strict):
+    address: str | None = None
+    num_cpus: int | None = Field(None, ge=1)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    max_failures: int = Field(0, ge=0)
+
+
+class MLflowConfig(_Strict):
+    tracking_uri: str | None = None
+    experiment: str | None = None
+
+
+class SmokeConfig(_Strict):
+    """Overrides applied by ``--smoke-test``: a few seconds of everything, same code paths."""
+
+    epochs: int = Field(1, ge=1)
+    teacher_epochs: int = Field(1, ge=1)
+    segments_per_epoch: int = Field(4, ge=1)
+    segment_seconds: float = Field(1.0, gt=0)
+    max_utterances: int = Field(2, ge=1)
+    seeds: int = Field(1, ge=1)
+
+
+class SweepConfig(_Strict):
+    """A whole sweep file (see ``sweeps/quickstart.yaml`` for a commented example)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    #: modules imported before validation and in every trial, to register user models/KD methods
+    plugins: list[str] = Field(default_factory=list)
+    output_dir: str = "runs"
+    data: DataConfig
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    methods: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    search: SearchConfig
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    mlflow: MLflowConfig = Field(default_factory=MLflowConfig)
+    smoke: SmokeConfig = Field(default_factory=SmokeConfig)
+
+    # ---- derived values -------------------------------------------------------------------
+    @property
+    def experiment(self) -> str:
+        return self.mlflow.experiment or self.name
+
+    def output_path(self) -> Path:
+        """Absolute output dir: ``KDLIB_OUTPUT`` env, else ``output_dir`` (relative to the CWD)."""
+        return Path(os.environ.get("KDLIB_OUTPUT") or self.output_dir).expanduser().resolve()
+
+    def tracking_uri(self) -> str:
+        """YAML ``mlflow.tracking_uri`` > ``MLFLOW_TRACKING_URI`` > ``sqlite:///<output>/mlflow.db``."""
+        return (self.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+                or f"sqlite:///{self.output_path() / 'mlflow.db'}")
+
+    def config_hash(self) -> str:
+        """Short hash of the validated config (provenance in MLflow and the report)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def teacher_hash(self) -> str:
+        """Hash of what determines the teacher, so a changed teacher/data config retrains it."""
+        blob = json.dumps(
+            {"teacher": self.teacher.model_dump(mode="json", exclude={"checkpoint", "threads"}),
+             "data": self.data.model_dump(mode="json", exclude={"root"})}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+    def teacher_path(self) -> Path:
+        if self.teacher.checkpoint:
+            return Path(self.teacher.checkpoint).expanduser().resolve()
+        # keyed by what trains the teacher, not by sweep name: sweeps sharing a teacher share the file
+        return self.output_path() / "teachers" / f"{self.teacher.model.name}-{self.teacher_hash()}.pt"
+
+    def with_smoke(self) -> SweepConfig:
+        """A copy with the ``smoke`` overrides applied (name gets a ``-smoke`` suffix)."""
+        s = self.smoke
+        d = self.model_copy(deep=True)
+        d.name = f"{self.name}-smoke"
+        if d.mlflow.experiment:
+            d.mlflow.experiment = f"{d.mlflow.experiment}-smoke"
+        d.teacher.epochs = s.teacher_epochs
+        d.training.epochs = s.epochs
+        d.data.train.segments_per_epoch = s.segments_per_epoch
+        d.data.train.segment_seconds = s.segment_seconds
+        for split in (d.data.valid, d.data.test):
+            split.max_utterances = min(split.max_utterances or s.max_utterances, s.max_utterances)
+        d.search.seed = d.search.seed[: s.seeds]
+        d.search.repeats = 1
+        d.scheduler.grace_period = 1
+        return d
+
+    def _check_taps(self) -> None:
+        """Build each method on the teacher architecture (meta device) so bad tap names fail now."""
+        import torch
+
+        from kdlib.kd import KD_METHODS
+        from kdlib.models import MODELS
+
+        with torch.device("meta"):
+            model = MODELS.get(self.teacher.model.name)(**self.teacher.model.kwargs)
+            for name in self.search.method:
+                try:
+                    KD_METHODS.get(name)(model, model, **self.methods.get(name, {}))
+                except KdlibError as exc:
+                    raise ValueError(f"methods.{name}: {exc}") from None
+
+    # ---- cross-field checks ----------------------------------------------------------------
+    @model_validator(mode="after")
+    def _check_names(self) -> SweepConfig:
+        from kdlib.kd import KD_METHODS, validate_kd_kwargs
+        from kdlib.models import MODELS
+
+        if self.teacher.model.name not in MODELS:
+            raise ValueError(f"teacher.model.name: unknown model '{self.teacher.model.name}' "
+                             f"(registered: {', '.join(MODELS.names())})")
+        try:
+            import torch
+
+            with torch.device("meta"):
+                MODELS.get(self.teacher.model.name)(**self.teacher.model.kwargs)
+        except TypeError as exc:
+            raise ValueError(f"teacher.model.kwargs: {exc}") from None
+        except KdlibError as exc:
+            raise ValueError(f"teacher.model.kwargs: {exc}") from None
+        for key in self.methods:
+            if key not in KD_METHODS:
+                raise ValueError(f"methods.{key}: unknown KD method (registered: {', '.join(KD_METHODS.names())})")
+        for m in self.search.method:
+            if m not in KD_METHODS:
+                raise ValueError(f"search.method: unknown KD method '{m}' "
+                                 f"(registered: {', '.join(KD_METHODS.names())})")
+        for name, kwargs in self.methods.items():
+            try:
+                validate_kd_kwargs(name, kwargs)
+            except KdlibError as exc:
+                raise ValueError(f"methods.{exc}") from None
+        self._check_taps()
+        tunable = {"lr", "kd_weight"}
+        for key in [*self.search.grid, *self.search.optuna]:
+            where = "search.grid" if key in self.search.grid else "search.optuna"
+            if key in tunable:
+                continue
+            if not key.startswith("kd."):
+                raise ValueError(f"{where}.{key}: only lr, kd_weight and kd.<knob> can be searched")
+            knob = key[3:]
+            for m in self.search.method:
+                if knob not in KD_METHODS.get(m).Config.model_fields:
+                    raise ValueError(f"{where}.{key}: KD method '{m}' has no knob '{knob}'")
+        return self
+
+
+def import_plugins(modules: list[str]) -> None:
+    """Import user modules that register models or KD methods (``plugins:`` in the YAML).
+
+    Raises:
+        ConfigError: a module cannot be imported.
+    """
+    import importlib
+
+    if not isinstance(modules, list):
+        raise ConfigError("plugins: expected a list of module names")
+    for name in modules:
+        try:
+            importlib.import_module(str(name))
+        except ImportError as exc:
+            raise ConfigError(f"plugins: cannot import '{name}': {exc}") from None
+
+
+def load_config(path: str | os.PathLike, smoke: bool = False) -> SweepConfig:
+    """Read and validate a sweep YAML.
+
+    Args:
+        path: the YAML file.
+        smoke: apply the ``smoke`` overrides (``--smoke-test``).
+
+    Raises:
+        ConfigError: missing file, malformed YAML, a YAML tag, or any invalid key — one line.
+    """
+    from kdlib.validation import validate
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep config '{path}' does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sweep keys at the top level")
+    import_plugins(raw.get("plugins") or [])
+    try:
+        cfg = validate(SweepConfig, raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return cfg.with_smoke() if smoke else cfg

@@ -1,0 +1,102 @@
+"""KD method contract and registry (torchdistill-style ``register_kd_method``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from kdlib.models.base import SEModel
+from kdlib.registry import Registry
+from kdlib.validation import validate
+
+
+class KDConfig(BaseModel):
+    """Base of every method's kwargs: unknown keys and wrong types are refused at config load."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class KDInputs:
+    """What a KD loss may read for one batch.
+
+    Attributes:
+        noisy: ``(B, L)`` input waveform. clean: ``(B, L)`` target waveform.
+        student_out: ``(B, L)`` student estimate. teacher_out: ``(B, L)`` teacher estimate, or None
+            when the method does not need the teacher.
+        student_features / teacher_features: tap name → ``(B, C, T, F)`` feature (forward hooks).
+    """
+
+    noisy: torch.Tensor
+    clean: torch.Tensor
+    student_out: torch.Tensor
+    teacher_out: torch.Tensor | None = None
+    student_features: dict[str, torch.Tensor] = field(default_factory=dict)
+    teacher_features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class KDMethod(nn.Module):
+    """Base class of KD losses. Subclasses set ``Config`` (validated kwargs), ``source`` and
+    implement :meth:`forward`; learnable parts (adapters, fusion) are submodules of the method, so
+    :meth:`extra_params` counts them apart from the deployed student.
+
+    Args:
+        student, teacher: the models (kept as plain references, not submodules).
+        **kwargs: the method's knobs, validated against ``Config``.
+
+    Raises:
+        ConfigError: unknown or mistyped kwargs, or taps the models do not have.
+    """
+
+    Config: ClassVar[type[KDConfig]] = KDConfig
+    source: ClassVar[str] = ""
+    needs_teacher: ClassVar[bool] = True
+
+    def __init__(self, student: SEModel, teacher: SEModel | None, **kwargs: Any) -> None:
+        super().__init__()
+        name = type(self).registry_name  # type: ignore[attr-defined]
+        if self.needs_teacher and teacher is None:
+            raise ValueError(f"KD method '{name}' needs a teacher")
+        self.cfg = validate(self.Config, kwargs, prefix=f"kd.{name}")
+        # plain attributes via __dict__ so the models never become submodules of the loss
+        self.__dict__["student"] = student
+        self.__dict__["teacher"] = teacher
+
+    def student_taps(self) -> list[str]:
+        """Student module names whose outputs the loss reads."""
+        return []
+
+    def teacher_taps(self) -> list[str]:
+        """Teacher module names whose outputs the loss reads."""
+        return []
+
+    def extra_params(self) -> int:
+        """Learnable parameters of the method itself (logged as ``kd_extra_params``)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, inputs: KDInputs) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+KD_METHODS: Registry[KDMethod] = Registry("KD method")
+register_kd_method = KD_METHODS.register
+
+
+def validate_kd_kwargs(name: str, kwargs: dict[str, Any] | None) -> KDConfig:
+    """Check a method's kwargs at config load, before any model exists.
+
+    Raises:
+        RegistryError: unknown method. ConfigError: bad kwargs, naming the key.
+    """
+    cls = KD_METHODS.get(name)
+    return validate(cls.Config, kwargs or {}, prefix=f"kd.{name}")
+
+
+def build_kd_method(name: str, student: SEModel, teacher: SEModel | None,
+                    kwargs: dict[str, Any] | None = None) -> KDMethod:
+    """Instantiate a registered KD method for a student/teacher pair."""
+    return KD_METHODS.get(name)(student, teacher, **(kwargs or {}))

@@ -1,0 +1,15 @@
+"""Enhancement models: registry, size builder, complexity, checkpoints.
+
+Importing this package registers every built-in model family.
+"""
+
+from kdlib.models import dpdcrn as _dpdcrn  # noqa: F401  (registers "dpdcrn")
+from kdlib.models.base import MODELS, SEModel, build_model, count_params, register_model
+from kdlib.models.checkpoint import load_model, read_checkpoint, save_checkpoint
+from kdlib.models.complexity import complexity, macs_per_second
+from kdlib.models.sizing import SizedConfig, size_student
+
+__all__ = [
+    "MODELS", "SEModel", "SizedConfig", "build_model", "complexity", "count_params", "load_model",
+    "macs_per_second", "read_checkpoint", "register_model", "save_checkpoint", "size_student",
+]

@@ -1,0 +1,244 @@
+"""Load one KD sweep's child runs from MLflow into a flat, typed :class:`pandas.DataFrame`.
+
+The sweep writes one parent run per sweep (tag ``kdlib.role = "sweep"``) and one child run per
+teacher/trial (tags ``kdlib.role`` and ``mlflow.parentRunId``). :func:`load_runs` finds the parent and
+turns its children into one row each, with the MLflow prefixes (``params.``, ``metrics.``, ``tags.``)
+replaced by the normalized column names the report uses.
+
+MLflow is imported lazily so ``import kdlib.report`` works on machines without it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kdlib.errors import KdlibError
+
+ROLE_TAG = "kdlib.role"
+"""Tag that marks a run as the sweep parent (``sweep``), the ``teacher`` or a ``trial``."""
+
+#: Params turned into typed first-class columns; every other param becomes ``param.<name>``.
+CORE_PARAMS: dict[str, str] = {
+    "method": "str",
+    "student_ratio": "float",
+    "seed": "int",
+    "lr": "float",
+    "kd_weight": "float",
+}
+
+#: Output column -> MLflow metric key (the last logged value; test metrics are logged once).
+METRIC_COLUMNS: dict[str, str] = {
+    "params": "params",
+    "macs": "macs",
+    "params_pct": "params_pct",
+    "kd_extra_params": "kd_extra_params",
+    "pesq": "test_pesq",
+    "stoi": "test_stoi",
+    "estoi": "test_estoi",
+    "si_sdr": "test_si_sdr",
+    "noisy_pesq": "noisy_pesq",
+    "noisy_stoi": "noisy_stoi",
+    "noisy_estoi": "noisy_estoi",
+    "noisy_si_sdr": "noisy_si_sdr",
+}
+
+#: Column order of the frame :func:`load_runs` returns (``param.<name>`` columns follow, sorted).
+COLUMNS: list[str] = [
+    "run_id",
+    "run_name",
+    "role",
+    "status",
+    "method",
+    "student_ratio",
+    "seed",
+    "lr",
+    "kd_weight",
+    *METRIC_COLUMNS,
+]
+
+_ROLE_ORDER = {"teacher": 0, "trial": 1}
+_RUN_ID_RE = re.compile(r"^[0-9A-Za-z_-]+$")
+
+
+@contextmanager
+def _use_tracking_uri(uri: str) -> Iterator[None]:
+    """Point the global MLflow client at ``uri`` for the block, then restore the previous setting.
+
+    ``mlflow.search_runs`` only reads the global tracking URI, and ``mlflow.set_tracking_uri`` also
+    writes ``MLFLOW_TRACKING_URI`` into the environment, so both are put back afterwards.
+    """
+    import mlflow
+
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
+    uri_before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(uri_before)
+        if env_before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env_before
+
+
+def _check_store_exists(tracking_uri: str) -> None:
+    """Refuse a ``sqlite:///`` URI whose database file is missing (MLflow would create an empty one)."""
+    prefix = "sqlite:///"
+    if tracking_uri.startswith(prefix):
+        db_path = Path(tracking_uri[len(prefix) :].split("?", 1)[0])
+        if str(db_path) not in ("", ":memory:") and not db_path.exists():
+            raise KdlibError(f"no MLflow store at {tracking_uri}: database file {db_path} does not exist")
+
+
+def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+    """Return ``frame[name]`` or an all-NaN object column when MLflow did not return it."""
+    if name in frame.columns:
+        return frame[name]
+    return pd.Series([np.nan] * len(frame), index=frame.index, dtype=object)
+
+
+def _as_str(values: pd.Series) -> pd.Series:
+    """Plain-object string column with NaN for missing values."""
+    return values.astype(object).where(values.notna(), np.nan)
+
+
+def _normalize(children: pd.DataFrame) -> pd.DataFrame:
+    """Map the raw ``mlflow.search_runs`` frame of child runs onto the report's column names/types."""
+    out = pd.DataFrame(index=children.index)
+    out["run_id"] = _as_str(_column(children, "run_id"))
+    out["run_name"] = _as_str(_column(children, "tags.mlflow.runName"))
+    out["role"] = _as_str(_column(children, f"tags.{ROLE_TAG}"))
+    out["status"] = _as_str(_column(children, "status"))
+    for name, kind in CORE_PARAMS.items():
+        raw = _column(children, f"params.{name}")
+        if kind == "str":
+            out[name] = _as_str(raw)
+        elif kind == "float":
+            out[name] = pd.to_numeric(raw, errors="coerce").astype(float)
+        else:
+            numeric = pd.to_numeric(raw, errors="coerce")
+            whole = numeric.where(np.isfinite(numeric) & (numeric == np.round(numeric)))
+            out[name] = whole.astype("Int64")
+    for col, key in METRIC_COLUMNS.items():
+        out[col] = pd.to_numeric(_column(children, f"metrics.{key}"), errors="coerce").astype(float)
+    extra = sorted(
+        c[len("params.") :]
+        for c in children.columns
+        if c.startswith("params.") and c[len("params.") :] not in CORE_PARAMS
+    )
+    for name in extra:
+        out[f"param.{name}"] = _as_str(children[f"params.{name}"])
+    order = out["role"].map(lambda r: _ROLE_ORDER.get(r, len(_ROLE_ORDER)))
+    out = out.assign(_order=order, _start=_column(children, "start_time"))
+    out = out.sort_values(
+        ["_order", "method", "student_ratio", "seed", "_start"],
+        ascending=[True, True, False, True, True],
+        na_position="last",
+        kind="stable",
+    )
+    return out.drop(columns=["_order", "_start"]).reset_index(drop=True)
+
+
+def load_runs(tracking_uri: str, experiment: str, parent_run_id: str | None = None) -> pd.DataFrame:
+    """Load the teacher and trial runs of one sweep as one row per child run.
+
+    Args:
+        tracking_uri: MLflow tracking URI of the store, e.g. ``sqlite:////abs/path/mlflow.db``.
+        experiment: MLflow experiment name (= the sweep name).
+        parent_run_id: run id of the sweep's parent run. ``None`` picks the most recently started
+            run tagged ``kdlib.role = "sweep"`` in the experiment.
+
+    Returns:
+        One row per child run (teacher first, then trials by method, student_ratio descending, seed),
+        with columns ``run_id, run_name, role, status`` (str), ``method`` (str), ``student_ratio``
+        (float, fraction of the teacher's params; 1.0 for the teacher), ``seed`` (nullable ``Int64``,
+        ``<NA>`` when not logged), ``lr``, ``kd_weight`` (float), ``params`` (parameter count),
+        ``macs`` (multiply-accumulates per second of audio), ``params_pct`` (student params as % of
+        the teacher's), ``kd_extra_params`` (count), ``pesq``, ``stoi``, ``estoi`` (unitless, from
+        ``test_*``), ``si_sdr`` (dB), ``noisy_pesq``, ``noisy_stoi``, ``noisy_estoi``, ``noisy_si_sdr``
+        (the noisy input's scores, logged on the teacher run), then one ``param.<name>`` column (str)
+        per other logged param. Missing values are NaN. ``df.attrs`` holds ``experiment``,
+        ``experiment_id``, ``parent_run_id`` and ``provenance`` (experiment, parent run id, name and
+        start time, the parent's params, and its other ``kdlib.*`` tags such as ``smoke_test``).
+
+    Raises:
+        KdlibError: the sqlite store does not exist, the experiment does not exist (the message lists
+            the experiments that do), it has no sweep parent run, or ``parent_run_id`` is not a sweep
+            parent run of that experiment.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    _check_store_exists(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None or exp.lifecycle_stage != "active":
+        names = sorted(e.name for e in client.search_experiments())
+        listed = ", ".join(repr(n) for n in names) if names else "(none)"
+        raise KdlibError(f"no MLflow experiment {experiment!r} in {tracking_uri}; experiments there: {listed}")
+
+    with _use_tracking_uri(tracking_uri):
+        if parent_run_id is None:
+            parents = mlflow.search_runs(
+                experiment_ids=[exp.experiment_id],
+                filter_string=f"tags.`{ROLE_TAG}` = 'sweep'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
+            if parents.empty:
+                raise KdlibError(
+                    f"experiment {experiment!r} has no sweep parent run (no run tagged {ROLE_TAG}='sweep')"
+                )
+        else:
+            if not _RUN_ID_RE.match(parent_run_id):
+                raise KdlibError(f"parent_run_id {parent_run_id!r} is not a valid MLflow run id")
+            parents = mlflow.search_runs(
+                experiment_ids=[exp.experiment_id],
+                filter_string=f"attributes.run_id = '{parent_run_id}'",
+            )
+            if parents.empty:
+                raise KdlibError(f"run {parent_run_id} is not a run of experiment {experiment!r}")
+            role = _column(parents, f"tags.{ROLE_TAG}").iloc[0]
+            if role != "sweep":
+                raise KdlibError(
+                    f"run {parent_run_id} is not a sweep parent run ({ROLE_TAG}={role!r}, expected 'sweep')"
+                )
+        parent = parents.iloc[0]
+        pid = str(parent["run_id"])
+        children = mlflow.search_runs(
+            experiment_ids=[exp.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{pid}'",
+        )
+
+    df = _normalize(children)
+    parent_params: dict[str, Any] = {
+        c[len("params.") :]: parent[c] for c in parents.columns if c.startswith("params.") and pd.notna(parent[c])
+    }
+    provenance: dict[str, Any] = {"experiment": experiment, "parent_run_id": pid}
+    run_name = parent.get("tags.mlflow.runName")
+    if pd.notna(run_name):
+        provenance["parent_run_name"] = run_name
+    started = parent.get("start_time")
+    if pd.notna(started):
+        provenance["started"] = pd.Timestamp(started).strftime("%Y-%m-%d %H:%M:%S UTC")
+    provenance.update(parent_params)
+    for col in parents.columns:  # kdlib.* tags of the parent (e.g. kdlib.smoke_test), bar the role
+        name = col[len("tags.kdlib.") :] if col.startswith("tags.kdlib.") else ""
+        if name and name != ROLE_TAG.split(".", 1)[1] and name not in provenance and pd.notna(parent[col]):
+            provenance[name] = parent[col]
+    df.attrs.update(
+        experiment=experiment,
+        experiment_id=str(exp.experiment_id),
+        parent_run_id=pid,
+        provenance=provenance,
+    )
+    return df

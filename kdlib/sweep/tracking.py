@@ -1,0 +1,181 @@
+"""MLflow tracking of a sweep: one parent run, one nested child run per trial (and the teacher).
+
+A driver-side Ray Tune ``LoggerCallback`` (so SQLite has a single writer), written for kdlib rather
+than Ray's ``MLflowLoggerCallback`` because users need nested runs (ray-project/ray#19978), a
+curated param set, and no duplicate run when a trial restarts.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.tune.logger import LoggerCallback
+
+from kdlib.config import SweepConfig
+from kdlib.errors import KdlibError
+from kdlib.train.trainer import TrialSpec
+
+ROLE = "kdlib.role"
+TRIAL_ID = "kdlib.trial_id"
+PARENT = "mlflow.parentRunId"
+# Ray bookkeeping keys that are not model metrics
+_SKIP = {"timestamp", "pid", "time_this_iter_s", "time_total_s", "time_since_restore", "iterations_since_restore",
+         "training_iteration", "done", "checkpoint_dir_name", "should_checkpoint", "epoch"}
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    """``git rev-parse HEAD`` of the working directory, or ``unknown``."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def client_for(cfg: SweepConfig):
+    """An ``MlflowClient`` for the sweep's tracking URI, checked to answer before any work.
+
+    Raises:
+        KdlibError: the tracking server or store cannot be reached.
+    """
+    from mlflow.tracking import MlflowClient
+
+    uri = cfg.tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    # a client, not mlflow.set_tracking_uri: that also writes MLFLOW_TRACKING_URI into os.environ,
+    # which would silently redirect every later sweep of this process to this store
+    client = MlflowClient(uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - any failure here means "unreachable"
+        raise KdlibError(f"MLflow tracking store '{uri}' is unreachable: {str(exc).splitlines()[0][:200]}") from None
+    return client
+
+
+def experiment_id(client, cfg: SweepConfig) -> str:
+    """Get or create the sweep's experiment with an explicit artifact location (never the CWD)."""
+    exp = client.get_experiment_by_name(cfg.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(cfg.experiment, artifact_location=(cfg.output_path() / "mlartifacts").as_uri())
+
+
+def _log_dict(client, run_id: str, params: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
+              step: int = 0) -> None:
+    from mlflow.entities import Metric, Param
+
+    now = int(time.time() * 1000)
+    ps = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
+    ms = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items()
+          if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))]
+    # log_batch takes at most 100 params and 1000 entries per call
+    for i in range(0, len(ps), 100):
+        client.log_batch(run_id, params=ps[i:i + 100])
+    for i in range(0, len(ms), 900):
+        client.log_batch(run_id, metrics=ms[i:i + 900])
+
+
+def start_parent_run(client, cfg: SweepConfig, exp_id: str, smoke: bool, pesq_mode: str) -> str:
+    """Create the sweep's parent run; returns its run_id."""
+    run = client.create_run(exp_id, run_name=f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                            tags={ROLE: "sweep", "kdlib.smoke_test": str(smoke)})
+    _log_dict(client, run.info.run_id, params={
+        "config_hash": cfg.config_hash(), "git_commit": git_commit(), "sample_rate": cfg.data.sample_rate,
+        "pesq_mode": pesq_mode, "test_set": f"{cfg.data.test.corpus}:{','.join(cfg.data.test.speakers or ['all'])}",
+        "valid_set": f"{cfg.data.valid.corpus}:{','.join(cfg.data.valid.speakers or ['all'])}",
+        "teacher_model": cfg.teacher.model.name, "epochs": cfg.training.epochs,
+        "methods": ",".join(cfg.search.method), "student_ratios": ",".join(map(str, cfg.search.student_ratio)),
+    })
+    return run.info.run_id
+
+
+def log_teacher_run(client, cfg: SweepConfig, exp_id: str, parent_id: str, meta: dict[str, Any],
+                    teacher_path: Path) -> str:
+    """Child run for the teacher: its figures and the noisy input's scores as reference points."""
+    run = client.create_run(exp_id, run_name="teacher", tags={ROLE: "teacher", PARENT: parent_id,
+                                                              "kdlib.checkpoint": str(teacher_path)})
+    metrics = {k: v for k, v in meta.items() if isinstance(v, int | float) and k != "epochs"}
+    metrics["params_pct"] = 100.0
+    _log_dict(client, run.info.run_id, params={
+        "method": "teacher", "student_ratio": 1.0, "model": cfg.teacher.model.name,
+        "sample_rate": meta.get("sample_rate"), "pesq_mode": meta.get("pesq_mode"),
+        "config_hash": cfg.config_hash(), "teacher_hash": meta.get("teacher_hash"), "epochs": meta.get("epochs"),
+    }, metrics=metrics)
+    for i, h in enumerate(meta.get("history", [])):
+        _log_dict(client, run.info.run_id, metrics={"val_si_sdr": h["val_si_sdr"], "train_loss": h["train_loss"]},
+                  step=i + 1)
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+class MLflowTrialLogger(LoggerCallback):
+    """Ray Tune callback: a nested MLflow child run per trial under ``parent_run_id``.
+
+    Params: method, student_ratio, seed, lr, kd_weight, every ``kd.<knob>``, model, sample_rate,
+    pesq_mode, config_hash, git_commit. Metrics: every numeric result per epoch (step = epoch),
+    so ``params`` and ``macs`` are plottable in the MLflow UI. Status FAILED for an errored trial.
+    A trial seen again (restart, resume) reuses its run, found by the ``kdlib.trial_id`` tag.
+    """
+
+    def __init__(self, cfg: SweepConfig, tracking_uri: str, experiment_id: str, parent_run_id: str,
+                 pesq_mode: str, commit: str) -> None:
+        self.cfg, self.tracking_uri, self.experiment_id = cfg, tracking_uri, experiment_id
+        self.parent_run_id, self.pesq_mode, self.commit = parent_run_id, pesq_mode, commit
+        self._runs: dict[str, str] = {}
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def _existing_run(self, trial_id: str) -> str | None:
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{TRIAL_ID}` = '{trial_id}' and tags.`{PARENT}` = '{self.parent_run_id}'",
+            max_results=1,
+        )
+        return found[0].info.run_id if found else None
+
+    def log_trial_start(self, trial) -> None:
+        if trial.trial_id in self._runs:
+            return
+        run_id = self._existing_run(trial.trial_id)
+        if run_id is None:
+            spec = TrialSpec.from_trial_config(trial.config, self.cfg)
+            run = self.client.create_run(self.experiment_id, run_name=str(trial),
+                                         tags={ROLE: "trial", PARENT: self.parent_run_id, TRIAL_ID: trial.trial_id})
+            run_id = run.info.run_id
+            _log_dict(self.client, run_id, params={
+                "method": spec.method, "student_ratio": spec.student_ratio, "seed": spec.seed, "lr": spec.lr,
+                "kd_weight": spec.kd_weight, **{f"kd.{k}": v for k, v in spec.kd.items()},
+                "model": self.cfg.teacher.model.name, "sample_rate": self.cfg.data.sample_rate,
+                "pesq_mode": self.pesq_mode, "config_hash": self.cfg.config_hash(), "git_commit": self.commit,
+            })
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+        self._runs[trial.trial_id] = run_id
+
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        if trial.trial_id not in self._runs:
+            self.log_trial_start(trial)
+        metrics = {k: v for k, v in result.items() if k not in _SKIP and "/" not in k}
+        _log_dict(self.client, self._runs[trial.trial_id], metrics=metrics,
+                  step=int(result.get("epoch", iteration)))
+
+    def log_trial_end(self, trial, failed: bool = False) -> None:
+        run_id = self._runs.get(trial.trial_id)
+        if run_id is None:
+            return
+        student = Path(trial.local_path or "") / "student.pt"
+        if not failed and student.is_file():
+            self.client.set_tag(run_id, "kdlib.checkpoint", str(student))
+        self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")

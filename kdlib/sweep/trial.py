@@ -1,0 +1,76 @@
+"""The Ray Tune trial: one student trained with one KD method, read top to bottom.
+
+Frozen teacher → student at the trial's size → per epoch: train, validate (SI-SDR), checkpoint,
+report → after the last epoch: PESQ/STOI/ESTOI/SI-SDR on the test set and the student's checkpoint.
+A restarted trial continues from its last reported epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdlib.config import SweepConfig
+from kdlib.models import count_params, load_model, save_checkpoint, size_student
+from kdlib.train.datasets import build_sweep_data
+from kdlib.train.device import resolve_device
+from kdlib.train.trainer import Trainer, TrialSpec
+
+STATE_FILE = "trainer_state.pt"
+STUDENT_FILE = "student.pt"
+
+
+def kd_trial(config: dict[str, Any], cfg: SweepConfig, teacher_path: str) -> None:
+    """Ray Tune function trainable (bound with ``tune.with_parameters``).
+
+    Args:
+        config: the trial's point: ``method``, ``student_ratio``, ``seed`` and searched knobs.
+        cfg: the validated sweep config.
+        teacher_path: the teacher checkpoint.
+
+    Reports per epoch: ``train_loss``, ``task_loss``, ``kd_loss``, ``val_si_sdr`` (dB),
+    ``best_val_si_sdr``, ``params``, ``macs`` (per second of audio), ``params_pct``,
+    ``kd_extra_params``, ``achieved_ratio``, ``audio_seconds_per_second``; after the last epoch
+    also ``test_pesq``, ``test_stoi``, ``test_estoi``, ``test_si_sdr`` (+ ``*_missing`` counts).
+    """
+    from ray import tune
+
+    from kdlib.config import import_plugins
+
+    import_plugins(cfg.plugins)
+    threads = max(1, int(cfg.resources.cpu))
+    torch.set_num_threads(threads)
+    spec = TrialSpec.from_trial_config(config, cfg)
+    device = resolve_device(cfg.training.device)
+
+    teacher, _ = load_model(teacher_path, device)
+    sized = size_student(cfg.teacher.model.name, teacher.get_model_args(), spec.student_ratio,
+                         cfg.training.size_tolerance)
+    data = build_sweep_data(cfg.data, seed=spec.seed)
+    trainer = Trainer(cfg, spec, sized.model_args, data, teacher, device)
+    figures = {**trainer.complexity(count_params(teacher)), "achieved_ratio": sized.achieved_ratio}
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            trainer.load_state(torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=True))
+        print(f"[{spec.label()}] resumed after epoch {trainer.epoch}")
+
+    while trainer.epoch < trainer.epochs:
+        metrics: dict[str, Any] = {**trainer.train_epoch(), **trainer.validate(), **figures}
+        metrics["epoch"] = trainer.epoch
+        if trainer.epoch == trainer.epochs:
+            metrics.update(trainer.test(num_workers=threads))
+            save_checkpoint(trainer.best_model(), Path(tune.get_context().get_trial_dir()) / STUDENT_FILE,
+                            {"method": spec.method, "student_ratio": spec.student_ratio, "seed": spec.seed,
+                             "teacher": os.path.basename(teacher_path), "val_si_sdr": trainer.best_val})
+        print(f"[{spec.label()}] epoch {trainer.epoch}/{trainer.epochs} loss {metrics['train_loss']:.4f} "
+              f"val SI-SDR {metrics['val_si_sdr']:.2f} dB"
+              + (f" test PESQ {metrics.get('test_pesq', float('nan')):.3f}" if "test_pesq" in metrics else ""))
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(trainer.state(), Path(d) / STATE_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))

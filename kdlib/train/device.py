@@ -1,0 +1,21 @@
+"""Device choice: CUDA when present, overridable by config (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``)."""
+
+from __future__ import annotations
+
+import torch
+
+from kdlib.errors import ConfigError
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``"auto"`` → ``cuda`` if available else ``cpu``.
+
+    Raises:
+        ConfigError: a CUDA device was asked for on a machine without one.
+    """
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"training.device: '{spec}' asked for, but this machine has no CUDA GPU")
+    return device

@@ -1,0 +1,81 @@
+"""Train the sweep's teacher once and save it with its figures (used by ``kdlib train-teacher`` and
+by ``kdlib sweep run`` when the teacher checkpoint is missing)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdlib.config import SweepConfig
+from kdlib.evaluation import evaluate_noisy, resolve_pesq_mode
+from kdlib.models import load_model, save_checkpoint
+from kdlib.train.datasets import SweepData, build_sweep_data
+from kdlib.train.device import resolve_device
+from kdlib.train.trainer import Log, Trainer, TrialSpec
+
+
+def train_teacher(cfg: SweepConfig, path: str | Path | None = None, data: SweepData | None = None,
+                  log: Log = print, eval_workers: int | None = None) -> dict[str, Any]:
+    """Train the teacher of ``cfg`` and save it to ``path`` (default :meth:`SweepConfig.teacher_path`).
+
+    The checkpoint's ``meta`` holds the teacher's params, MACs per second of audio, validation
+    SI-SDR (dB), test PESQ/STOI/ESTOI/SI-SDR and the noisy input's scores on the same test set,
+    so the sweep can log the teacher and noisy reference points without re-evaluating.
+
+    Returns:
+        the ``meta`` dict written.
+
+    Raises:
+        DataError: data problems. ConfigError: bad teacher config.
+    """
+    path = Path(path or cfg.teacher_path())
+    device = resolve_device(cfg.training.device)
+    torch.set_num_threads(cfg.teacher.threads)
+    data = data or build_sweep_data(cfg.data, seed=0)
+    spec = TrialSpec("none", 1.0, seed=0, lr=cfg.teacher.lr, kd_weight=0.0)
+    trainer = Trainer(cfg, spec, cfg.teacher.model.kwargs, data, None, device,
+                      epochs=cfg.teacher.epochs, batch_size=cfg.teacher.batch_size,
+                      log=lambda m: log(m.replace(spec.label(), "teacher")))
+    figures = trainer.complexity()
+    log(f"[teacher] {cfg.teacher.model.name}: {int(figures['params']):,} params, "
+        f"{figures['macs'] / 1e6:.1f} MMAC/s, {len(data.train_speakers)} training speakers, device {device}")
+    start = time.perf_counter()
+    history = []
+    for epoch in range(cfg.teacher.epochs):
+        stats = trainer.train_epoch()
+        stats.update(trainer.validate())
+        history.append(stats)
+        elapsed = time.perf_counter() - start
+        log(f"[teacher] epoch {epoch + 1}/{cfg.teacher.epochs} loss {stats['train_loss']:.4f} "
+            f"val SI-SDR {stats['val_si_sdr']:.2f} dB, {stats['audio_seconds_per_second']:.1f} audio s/s, "
+            f"eta {elapsed / (epoch + 1) * (cfg.teacher.epochs - epoch - 1):.0f}s")
+    workers = eval_workers or cfg.teacher.threads
+    test = trainer.test(num_workers=workers)
+    mode = resolve_pesq_mode(cfg.data.test.pesq_mode, data.test)
+    noisy = evaluate_noisy(data.test, mode, num_workers=workers).as_flat_dict("noisy_")
+    meta = {
+        "role": "teacher", "teacher_hash": cfg.teacher_hash(), "sweep": cfg.name, "pesq_mode": mode,
+        "sample_rate": cfg.data.sample_rate, "epochs": cfg.teacher.epochs,
+        "train_seconds": time.perf_counter() - start,
+        "audio_seconds_per_second": sum(h["audio_seconds_per_second"] for h in history) / len(history),
+        "val_si_sdr": trainer.best_val, "history": [{k: float(v) for k, v in h.items()} for h in history],
+        **{k: float(v) for k, v in figures.items()}, **test, **noisy,
+    }
+    save_checkpoint(trainer.best_model(), path, meta)
+    log(f"[teacher] saved {path}: test PESQ {test.get('test_pesq', float('nan')):.3f} "
+        f"(noisy {noisy.get('noisy_pesq', float('nan')):.3f}), STOI {test.get('test_stoi', float('nan')):.3f}")
+    return meta
+
+
+def ensure_teacher(cfg: SweepConfig, log: Log = print) -> tuple[Path, dict[str, Any]]:
+    """The teacher checkpoint of ``cfg``, trained first if missing; returns ``(path, meta)``."""
+    path = cfg.teacher_path()
+    if path.exists():
+        _, meta = load_model(path)
+        log(f"[teacher] using {path}")
+        return path, meta
+    log(f"[teacher] {path} missing: training it once for the whole sweep")
+    return path, train_teacher(cfg, path, log=log)

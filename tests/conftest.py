@@ -1,0 +1,25 @@
+"""Test session settings: real shared data, Ray kept on loopback, no telemetry."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+
+os.environ.setdefault("KDLIB_DATA", str(DEFAULT_DATA))
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on 127.0.0.1 (stack.md)
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = Path(os.environ["KDLIB_DATA"])
+    if not (root / "vb_demand").is_dir():
+        pytest.skip(f"shared data not found at {root} (set KDLIB_DATA)")
+    return root

@@ -1,0 +1,124 @@
+"""Sweep YAML validation: every bad input is refused with one line naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdlib.cli import main
+from kdlib.config import load_config
+from kdlib.errors import ConfigError
+from kdlib.sweep.space import grid_points
+
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+BASE = yaml.safe_load((SWEEPS / "quickstart.yaml").read_text())
+
+
+def _write(tmp_path: Path, data) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def _with(path_keys: str, value):
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    node = data
+    *parents, last = path_keys.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return data
+
+
+@pytest.mark.parametrize("path", sorted(SWEEPS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_sweep_validates(path):
+    cfg = load_config(path)
+    assert grid_points(cfg.search)
+    smoke = load_config(path, smoke=True)
+    assert smoke.name.endswith("-smoke") and smoke.training.epochs <= cfg.training.epochs
+
+
+def test_quickstart_is_the_issue_grid():
+    cfg = load_config(SWEEPS / "quickstart.yaml")
+    assert cfg.search.method == ["none", "output", "self_similarity"]
+    assert cfg.search.student_ratio == [0.25, 0.04]
+    assert len(grid_points(cfg.search)) == 6
+    assert cfg.data.test.corpus == "vb_demand" and cfg.data.test.pesq_mode == "wb"
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("learning_rate", 0.1, "unknown key 'learning_rate'"),
+    ("training.epochz", 3, "unknown key 'training.epochz'"),
+    ("training.epochs", "four", "training.epochs"),
+    ("training.epochs", 0, "training.epochs"),
+    ("training.lr", -1e-3, "training.lr"),
+    ("search.student_ratio", [0.25, 1.5], "search.student_ratio"),
+    ("search.student_ratio", [0.0], "search.student_ratio"),
+    ("search.method", ["none", "hinton_classic"], "unknown KD method 'hinton_classic'"),
+    ("search.method", [], "search.method"),
+    ("teacher.model.name", "transformer9000", "unknown model 'transformer9000'"),
+    ("teacher.model.kwargs", {"widht": 3}, "teacher.model.kwargs"),
+    ("methods.output", {"wav_weigth": 1}, "wav_weigth"),
+    ("methods.self_similarity", {"layers": ["no_such_layer"]}, "no_such_layer"),
+    ("data.train.snr_db", [20, 5], "data.train.snr_db"),
+    ("data.sample_rate", 44100, "data.sample_rate"),
+    ("resources.gpu", 1.5, "resources.gpu"),
+    ("scheduler.name", "hyperband9", "scheduler.name"),
+    ("search.optuna", {"lr": {"loguniform": [1e-2, 1e-4]}}, "search.optuna.lr"),
+    ("search.optuna", {"lr": {"uniform": [0, 1], "loguniform": [1, 2]}}, "search.optuna.lr"),
+    ("search.optuna", {"batch_size": {"int": [2, 8]}}, "search.optuna.batch_size"),
+    ("search.grid", {"kd.wav_weight": [1, 10]}, "kd.wav_weight"),  # `none`/self_similarity lack it
+    ("name", "has spaces", "name"),
+])
+def test_bad_values_are_refused_with_the_key_named(tmp_path, key, value, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, _with(key, value)))
+    message = str(err.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"malformed YAML at line \d+, column \d+"):
+        load_config(_write(tmp_path, "name: x\ndata: [unclosed\n"))
+
+
+def test_yaml_tags_cannot_run_code(tmp_path):
+    marker = tmp_path / "pwned"
+    text = f"name: !!python/object/apply:os.system ['touch {marker}']\n"
+    with pytest.raises(ConfigError, match="malformed YAML"):
+        load_config(_write(tmp_path, text))
+    assert not marker.exists()
+
+
+def test_missing_required_section_is_named(tmp_path):
+    data = dict(BASE)
+    data.pop("search")
+    with pytest.raises(ConfigError, match="missing key 'search'"):
+        load_config(_write(tmp_path, data))
+
+
+def test_unimportable_plugin_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="plugins: cannot import 'no_such_kdlib_plugin'"):
+        load_config(_write(tmp_path, _with("plugins", ["no_such_kdlib_plugin"])))
+
+
+def test_cli_prints_one_error_line_and_exits_2(tmp_path, capsys):
+    code = main(["sweep", "validate", str(_write(tmp_path, _with("training.epochs", -2)))])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("kdlib: error:") and "training.epochs" in err and "\n" not in err
+
+
+def test_grid_with_kd_knob_and_optuna_space_counts_every_cell(tmp_path):
+    data = _with("search.method", ["self_similarity"])
+    data["search"].update({"student_ratio": [0.5, 0.1], "seed": [0, 1], "repeats": 2,
+                           "grid": {"kd.distance": ["mse", "kl"]},
+                           "optuna": {"kd_weight": {"loguniform": [0.1, 10]}}})
+    cfg = load_config(_write(tmp_path, data))
+    points = grid_points(cfg.search)
+    assert len(points) == 1 * 2 * 2 * 2 * 2
+    assert {(p["student_ratio"], p["seed"], p["kd.distance"]) for p in points} == {
+        (r, s, d) for r in (0.5, 0.1) for s in (0, 1) for d in ("mse", "kl")}

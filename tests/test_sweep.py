@@ -1,0 +1,134 @@
+"""End to end on real audio with real Ray and MLflow: the quickstart smoke sweep, then a sweep with
+Optuna + ASHA in which one method crashes every trial."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from kdlib.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+TRIAL_PARAMS = {"method", "student_ratio", "lr", "kd_weight", "seed", "sample_rate", "pesq_mode", "config_hash",
+                "git_commit", "model"}
+FINAL = ["test_pesq", "test_stoi", "test_estoi", "test_si_sdr", "params", "macs", "params_pct"]
+
+pytestmark = pytest.mark.slow
+
+
+def _runs(output: Path, experiment: str):
+    """All runs of ``experiment`` in ``output``'s store (global tracking URI restored afterwards)."""
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{output / 'mlflow.db'}")
+    try:
+        return mlflow.search_runs(experiment_names=[experiment])
+    finally:
+        mlflow.set_tracking_uri(before)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@pytest.fixture(scope="module")
+def quickstart_smoke(data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("quickstart")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("KDLIB_OUTPUT", str(out))
+    try:
+        code = main(["sweep", "run", str(REPO / "sweeps" / "quickstart.yaml"), "--smoke-test"])
+    finally:
+        mp.undo()
+    return code, out, _runs(out, "quickstart-smoke")
+
+
+def test_smoke_sweep_logs_one_parent_and_one_child_per_trial(quickstart_smoke):
+    code, _, runs = quickstart_smoke
+    assert code == 0
+    roles = runs["tags.kdlib.role"].value_counts().to_dict()
+    assert roles == {"sweep": 1, "teacher": 1, "trial": 6}
+    parent = runs.loc[runs["tags.kdlib.role"] == "sweep", "run_id"].item()
+    children = runs[runs["tags.kdlib.role"] != "sweep"]
+    assert (children["tags.mlflow.parentRunId"] == parent).all()
+    trials = runs[runs["tags.kdlib.role"] == "trial"]
+    assert (trials["status"] == "FINISHED").all()
+    assert {(m, float(r)) for m, r in zip(trials["params.method"], trials["params.student_ratio"], strict=True)} == {
+        (m, r) for m in ("none", "output", "self_similarity") for r in (0.25, 0.04)}
+    for p in TRIAL_PARAMS:
+        assert trials[f"params.{p}"].notna().all(), p
+    assert (trials["params.pesq_mode"] == "wb").all() and (trials["params.sample_rate"] == "16000").all()
+    for m in FINAL + ["val_si_sdr"]:
+        assert trials[f"metrics.{m}"].notna().all(), m
+    # the size builder's promise, as logged
+    for ratio, pct in zip(trials["params.student_ratio"].astype(float), trials["metrics.params_pct"], strict=True):
+        assert abs(pct / 100 - ratio) / ratio <= 0.10
+    teacher = runs[runs["tags.kdlib.role"] == "teacher"].iloc[0]
+    assert teacher["metrics.params_pct"] == 100 and teacher["metrics.noisy_pesq"] > 1
+
+
+def test_per_epoch_history_is_in_mlflow(quickstart_smoke):
+    _, out, runs = quickstart_smoke
+    run_id = runs[runs["tags.kdlib.role"] == "trial"]["run_id"].iloc[0]
+    history = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}").get_metric_history(run_id, "val_si_sdr")
+    assert [h.step for h in history] == [1]
+
+
+def test_report_front_rows_are_non_dominated(quickstart_smoke):
+    _, out, runs = quickstart_smoke
+    report_dir = out / "reports" / "quickstart-smoke"
+    for name in ("pareto.png", "pareto_stoi.png", "report.md"):
+        assert (report_dir / name).stat().st_size > 1000, name
+    text = (report_dir / "report.md").read_text()
+    trials = runs[runs["tags.kdlib.role"] == "trial"]
+    section = text.split("## Non-dominated trials: PESQ")[1].split("## ")[0]
+    front = [rid for rid in trials["run_id"] if rid in section]
+    assert front
+    pesq, params = trials["metrics.test_pesq"], trials["metrics.params"]
+    for rid in front:
+        me = trials["run_id"] == rid
+        p0, n0 = pesq[me].item(), params[me].item()
+        better_or_equal = (pesq >= p0) & (params <= n0)
+        strictly_better = (pesq > p0) | (params < n0)
+        assert not (better_or_equal & strictly_better & ~me).any(), f"{rid} is dominated"
+
+
+def test_eval_of_a_trial_checkpoint_reproduces_its_logged_test_metrics(quickstart_smoke, capsys, data_root):
+    _, _, runs = quickstart_smoke
+    trial = runs[(runs["tags.kdlib.role"] == "trial") & (runs["params.method"] == "output")].iloc[0]
+    checkpoint = trial["tags.kdlib.checkpoint"]
+    assert Path(checkpoint).is_file()
+    capsys.readouterr()
+    code = main(["eval", checkpoint, "--data", str(data_root / "vb_demand"), "--speakers", "p232",
+                 "--max-utterances", "2", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["utterances"] == 2 and result["pesq_mode"] == "wb"
+    for m in ("pesq", "stoi", "estoi", "si_sdr"):
+        assert result[m] == pytest.approx(trial[f"metrics.test_{m}"], rel=1e-6), m
+
+
+def test_failed_trials_are_marked_failed_and_the_sweep_goes_on(data_root, tmp_path, monkeypatch):
+    sweep = yaml.safe_load((REPO / "sweeps" / "quickstart.yaml").read_text())
+    sweep.update(name="crashy", plugins=["tests.plugins.exploding"], methods={})
+    sweep["search"] = {"method": ["none", "exploding"], "student_ratio": [0.25], "seed": [0, 1],
+                       "optuna": {"lr": {"loguniform": [3e-4, 3e-3]}}}
+    sweep["scheduler"] = {"name": "asha", "grace_period": 1, "reduction_factor": 2}
+    sweep["ray"] = {"num_cpus": 2, "max_failures": 0}
+    sweep["smoke"]["seeds"] = 2
+    path = tmp_path / "crashy.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    monkeypatch.setenv("KDLIB_OUTPUT", str(tmp_path / "out"))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # Ray workers import the test plugin
+    code = main(["sweep", "run", str(path), "--smoke-test"])
+    assert code == 0
+    runs = _runs(tmp_path / "out", "crashy-smoke")
+    trials = runs[runs["tags.kdlib.role"] == "trial"]
+    assert len(trials) == 4
+    status = dict(zip(trials["params.method"] + trials["params.seed"], trials["status"], strict=True))
+    assert status == {"none0": "FINISHED", "none1": "FINISHED", "exploding0": "FAILED", "exploding1": "FAILED"}
+    lrs = trials["params.lr"].astype(float)
+    assert ((lrs >= 3e-4) & (lrs <= 3e-3)).all() and lrs.nunique() == 4  # Optuna sampled within every cell
+    report = (tmp_path / "out" / "reports" / "crashy-smoke" / "report.md").read_text()
+    assert "FAILED" in report
