@@ -22,14 +22,13 @@ def _default_tracking_uri() -> str:
 # ---- commands -----------------------------------------------------------------------------------
 def cmd_sweep_validate(args: argparse.Namespace) -> int:
     from kdlib.config import load_config
-    from kdlib.sweep.space import grid_points
 
     cfg = load_config(args.sweep, smoke=args.smoke_test)
-    n = len(grid_points(cfg.search))
-    print(f"{args.sweep}: OK — experiment '{cfg.experiment}', {n} trial(s) "
-          f"({' × '.join(str(len(v)) for v in (cfg.search.method, cfg.search.student_ratio, cfg.search.seed))}"
-          f"{' × grid' if cfg.search.grid else ''}{' × repeats' if cfg.search.repeats > 1 else ''}), "
-          f"optuna knobs: {', '.join(cfg.search.optuna) or 'none'}, scheduler {cfg.scheduler.name}, "
+    dims = " × ".join(f"{k} {len(v)}" for k, v in cfg.search.dims().items())
+    excluded = f", {len(cfg.search.exclude)} exclusion rule(s)" if cfg.search.exclude else ""
+    print(f"{args.sweep}: OK — experiment '{cfg.experiment}', {len(cfg.search.points())} trial(s) "
+          f"({dims}{' × repeats ' + str(cfg.search.repeats) if cfg.search.repeats > 1 else ''}{excluded}); "
+          f"optuna knobs: {', '.join(cfg.search.optuna) or 'none'}; scheduler {cfg.scheduler.name}; "
           f"config hash {cfg.config_hash()}")
     return 0
 

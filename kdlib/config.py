@@ -66,6 +66,13 @@ class DataConfig(_Strict):
     test: PairedConfig
 
 
+class StudentSpec(_Strict):
+    """A student family and its unscaled args; the size builder then scales it to each ratio."""
+
+    model: str | None = None  # None = the teacher's family
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # same family: overrides of the teacher's args
+
+
 class TeacherConfig(_Strict):
     model: ModelNode = Field(default_factory=ModelNode)
     checkpoint: str | None = None
@@ -81,6 +88,10 @@ class TrainingConfig(_Strict):
     lr: float = Field(1e-3, gt=0)
     kd_weight: float = Field(1.0, ge=0)
     grad_clip: float = Field(5.0, gt=0)
+    #: joint: task + λ·KD every epoch; two_step: λ·KD only for ``kd_only_epochs``, then task loss only
+    #: (Nathoo et al., arXiv 2309.08144). Searchable as ``search.grid.schedule``.
+    schedule: Literal["joint", "two_step"] = "joint"
+    kd_only_epochs: int = Field(1, ge=0)
     device: str = "auto"
     #: same-size tolerance of the size builder (±, relative)
     size_tolerance: float = Field(0.10, gt=0, lt=1)
@@ -116,9 +127,33 @@ class SearchConfig(_Strict):
     method: list[str] = Field(min_length=1)
     student_ratio: list[float] = Field(min_length=1)
     seed: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    #: named students (from ``students:``); empty = every declared student, or the teacher's family
+    student: list[str] = Field(default_factory=list)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
+    #: named KD-kwarg overrides swept as one grid dimension ``variant`` (ablations: one knob off at a time)
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
     optuna: dict[str, Distribution] = Field(default_factory=dict)
     repeats: int = Field(1, ge=1)
+    #: grid cells to leave out, e.g. ``[{method: subband_kd, student: fullband}]`` (all keys must match)
+    exclude: list[dict[str, Any]] = Field(default_factory=list)
+
+    def dims(self) -> dict[str, list[Any]]:
+        """Grid dimensions: method, student_ratio, seed, ``grid`` keys, ``variant``, ``student``."""
+        dims = {"method": self.method, "student_ratio": self.student_ratio, "seed": self.seed, **self.grid}
+        if self.variants:
+            dims["variant"] = list(self.variants)
+        if self.student:
+            dims["student"] = list(self.student)
+        return dims
+
+    def points(self) -> list[dict[str, Any]]:
+        """Every grid cell not excluded, ``repeats`` times, in a deterministic (method-major) order."""
+        import itertools
+
+        dims = self.dims()
+        cells = [dict(zip(dims, values, strict=True)) for values in itertools.product(*dims.values())]
+        cells = [c for c in cells if not any(all(c.get(k) == v for k, v in ex.items()) for ex in self.exclude)]
+        return [dict(c) for c in cells for _ in range(self.repeats)]
 
     @field_validator("student_ratio")
     @classmethod
@@ -161,6 +196,8 @@ class SmokeConfig(_Strict):
     segment_seconds: float = Field(1.0, gt=0)
     max_utterances: int = Field(2, ge=1)
     seeds: int = Field(1, ge=1)
+    #: keep only the first N student ratios (None = all)
+    ratios: int | None = Field(None, ge=1)
 
 
 class SweepConfig(_Strict):
@@ -174,6 +211,8 @@ class SweepConfig(_Strict):
     data: DataConfig
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    #: named student specs, swept as the grid dimension ``student`` (default: the teacher's family/args)
+    students: dict[str, StudentSpec] = Field(default_factory=dict)
     methods: dict[str, dict[str, Any]] = Field(default_factory=dict)
     search: SearchConfig
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
@@ -195,6 +234,16 @@ class SweepConfig(_Strict):
         """YAML ``mlflow.tracking_uri`` > ``MLFLOW_TRACKING_URI`` > ``sqlite:///<output>/mlflow.db``."""
         return (self.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
                 or f"sqlite:///{self.output_path() / 'mlflow.db'}")
+
+    def student_base(self, student: str | None, teacher_args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """``(family, unscaled args)`` of a named student (None = the teacher's family and args)."""
+        if student is None:
+            return self.teacher.model.name, dict(teacher_args)
+        spec = self.students[student]
+        family = spec.model or self.teacher.model.name
+        if family == self.teacher.model.name:
+            return family, {**teacher_args, **spec.kwargs}
+        return family, dict(spec.kwargs)
 
     def config_hash(self) -> str:
         """Short hash of the validated config (provenance in MLflow and the report)."""
@@ -228,24 +277,37 @@ class SweepConfig(_Strict):
         for split in (d.data.valid, d.data.test):
             split.max_utterances = min(split.max_utterances or s.max_utterances, s.max_utterances)
         d.search.seed = d.search.seed[: s.seeds]
+        if s.ratios:
+            d.search.student_ratio = d.search.student_ratio[: s.ratios]
+        d.training.kd_only_epochs = min(d.training.kd_only_epochs, d.training.epochs - 1)
         d.search.repeats = 1
         d.scheduler.grace_period = 1
         return d
 
     def _check_taps(self) -> None:
-        """Build each method on the teacher architecture (meta device) so bad tap names fail now."""
-        import torch
-
+        """Build each method on the teacher architecture (CPU, once) so bad taps or kwargs fail now."""
         from kdlib.kd import KD_METHODS
         from kdlib.models import MODELS
 
-        with torch.device("meta"):
-            model = MODELS.get(self.teacher.model.name)(**self.teacher.model.kwargs)
-            for name in self.search.method:
-                try:
-                    KD_METHODS.get(name)(model, model, **self.methods.get(name, {}))
-                except KdlibError as exc:
-                    raise ValueError(f"methods.{name}: {exc}") from None
+        # real models, not meta: methods may probe feature shapes to size their adapters
+        teacher = MODELS.get(self.teacher.model.name)(**self.teacher.model.kwargs)
+        students: dict[str | None, Any] = {None: teacher}
+        checked: set[tuple] = set()
+        for cell in self.search.points():
+            key = (cell["method"], cell.get("student"), cell.get("variant"))
+            if key in checked:
+                continue
+            checked.add(key)
+            name, student_name, variant = key
+            if student_name not in students:
+                family, args = self.student_base(student_name, self.teacher.model.kwargs)
+                students[student_name] = MODELS.get(family)(**args)
+            overrides = self.search.variants.get(variant, {}) if variant else {}
+            try:
+                KD_METHODS.get(name)(students[student_name], teacher, **{**self.methods.get(name, {}), **overrides})
+            except KdlibError as exc:
+                where = f" (student '{student_name}')" if student_name else ""
+                raise ValueError(f"methods.{name}{where}: {exc}") from None
 
     # ---- cross-field checks ----------------------------------------------------------------
     @model_validator(mode="after")
@@ -265,6 +327,27 @@ class SweepConfig(_Strict):
             raise ValueError(f"teacher.model.kwargs: {exc}") from None
         except KdlibError as exc:
             raise ValueError(f"teacher.model.kwargs: {exc}") from None
+        for ex in self.search.exclude:
+            bad = sorted(set(ex) - set(self.search.dims()) - {"student"})
+            if bad:
+                raise ValueError(f"search.exclude: {bad} are not grid dimensions ({', '.join(self.search.dims())})")
+        unknown = sorted(set(self.search.student) - set(self.students))
+        if unknown:
+            raise ValueError(f"search.student: {unknown} not declared under students ({', '.join(self.students)})")
+        if self.students and not self.search.student:
+            self.search.student = list(self.students)
+        for key, spec in self.students.items():
+            family = spec.model or self.teacher.model.name
+            if family not in MODELS:
+                raise ValueError(f"students.{key}.model: unknown model '{family}' "
+                                 f"(registered: {', '.join(MODELS.names())})")
+            try:
+                import torch
+
+                with torch.device("meta"):
+                    MODELS.get(family)(**self.student_base(key, self.teacher.model.kwargs)[1])
+            except (TypeError, KdlibError) as exc:
+                raise ValueError(f"students.{key}.kwargs: {exc}") from None
         for key in self.methods:
             if key not in KD_METHODS:
                 raise ValueError(f"methods.{key}: unknown KD method (registered: {', '.join(KD_METHODS.names())})")
@@ -277,18 +360,30 @@ class SweepConfig(_Strict):
                 validate_kd_kwargs(name, kwargs)
             except KdlibError as exc:
                 raise ValueError(f"methods.{exc}") from None
-        self._check_taps()
-        tunable = {"lr", "kd_weight"}
+        for variant, overrides in self.search.variants.items():
+            for m in self.search.method:
+                try:
+                    validate_kd_kwargs(m, {**self.methods.get(m, {}), **overrides})
+                except KdlibError as exc:
+                    raise ValueError(f"search.variants.{variant}: {exc}") from None
+        if "schedule" in self.search.grid and not set(self.search.grid["schedule"]) <= {"joint", "two_step"}:
+            raise ValueError("search.grid.schedule: values must be joint or two_step")
+        if self.training.schedule == "two_step" and self.training.kd_only_epochs >= self.training.epochs:
+            raise ValueError("training.kd_only_epochs must be < training.epochs for the two_step schedule")
+        tunable = {"lr", "kd_weight", "schedule"}
         for key in [*self.search.grid, *self.search.optuna]:
             where = "search.grid" if key in self.search.grid else "search.optuna"
             if key in tunable:
                 continue
             if not key.startswith("kd."):
-                raise ValueError(f"{where}.{key}: only lr, kd_weight and kd.<knob> can be searched")
+                raise ValueError(f"{where}.{key}: only lr, kd_weight, schedule and kd.<knob> can be searched")
             knob = key[3:]
             for m in self.search.method:
                 if knob not in KD_METHODS.get(m).Config.model_fields:
                     raise ValueError(f"{where}.{key}: KD method '{m}' has no knob '{knob}'")
+        if not self.search.points():
+            raise ValueError("search.exclude: every grid cell is excluded")
+        self._check_taps()  # last: builds models, so only once everything cheap has passed
         return self
 
 

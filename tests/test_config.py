@@ -122,3 +122,45 @@ def test_grid_with_kd_knob_and_optuna_space_counts_every_cell(tmp_path):
     assert len(points) == 1 * 2 * 2 * 2 * 2
     assert {(p["student_ratio"], p["seed"], p["kd.distance"]) for p in points} == {
         (r, s, d) for r in (0.5, 0.1) for s in (0, 1) for d in ("mse", "kl")}
+
+
+def test_variants_are_one_grid_dimension_and_are_validated(tmp_path):
+    data = _with("search.method", ["self_similarity"])
+    data["search"]["variants"] = {"full": {}, "time_only": {"streams": ["time"]}, "kl": {"distance": "kl"}}
+    cfg = load_config(_write(tmp_path, data))
+    points = grid_points(cfg.search)
+    assert len(points) == 2 * 3 and {p["variant"] for p in points} == {"full", "time_only", "kl"}
+    data["search"]["variants"]["bad"] = {"streams": ["space"]}
+    with pytest.raises(ConfigError, match="search.variants.bad"):
+        load_config(_write(tmp_path, data))
+
+
+def test_two_step_needs_a_supervised_phase(tmp_path):
+    data = _with("training.schedule", "two_step")
+    data["training"]["kd_only_epochs"] = data["training"]["epochs"]
+    with pytest.raises(ConfigError, match="kd_only_epochs"):
+        load_config(_write(tmp_path, data))
+    with pytest.raises(ConfigError, match="search.grid.schedule"):
+        load_config(_write(tmp_path, _with("search.grid", {"schedule": ["joint", "three_step"]})))
+
+
+@pytest.mark.parametrize("mutate,expected", [
+    (lambda d: d["search"].update(exclude=[{"colour": "red"}]), "search.exclude"),
+    (lambda d: d["search"].update(exclude=[{"method": m} for m in d["search"]["method"]]), "every grid cell"),
+    (lambda d: d["search"].update(student=["ghost"]), "search.student"),
+    (lambda d: d.update(students={"x": {"model": "nope"}}), "students.x.model"),
+    (lambda d: d.update(students={"x": {"kwargs": {"widht": 2}}}), "students.x.kwargs"),
+    (lambda d: d["search"].update(method=["subband_kd"]), "n_bands"),  # a DPDCRN teacher cannot do it
+])
+def test_student_and_exclusion_errors_name_the_key(tmp_path, mutate, expected):
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    mutate(data)
+    with pytest.raises(ConfigError, match=expected):
+        load_config(_write(tmp_path, data))
+
+
+def test_excluded_cells_are_not_run(tmp_path):
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    data["search"]["exclude"] = [{"method": "output", "student_ratio": 0.04}]
+    points = load_config(_write(tmp_path, data)).search.points()
+    assert len(points) == 5 and {"method": "output", "student_ratio": 0.04, "seed": 0} not in points

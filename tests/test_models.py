@@ -32,7 +32,8 @@ def test_feature_taps_are_btcf_and_sets_cover_every_block():
     assert taps.features["encoder.2"].shape == (2, 48, t, 33)
     assert taps.features["dualpath.1"].shape == (2, 48, t, 33)
     assert taps.features["decoder.1"].shape == (2, 32, t, 129)
-    assert set(model.feature_sets) == {"encoder", "middle", "decoder"}
+    assert set(model.feature_sets) == {"encoder", "middle", "decoder", "mask"}
+    assert taps.features["mask"].shape == (2, 2, t, 257) and taps.features["mask"].abs().max() <= 1
     assert len(model.feature_sets["middle"]) == 4  # 2 dilated + 2 dual-path
 
 

@@ -85,3 +85,21 @@ def test_a_method_that_needs_a_teacher_refuses_to_run_without_one(setup):
     cfg, data = setup
     with pytest.raises(ValueError, match="needs a teacher"):
         _trainer(cfg, data, method="self_similarity", teacher=None)
+
+
+def test_two_step_schedule_trains_kd_only_then_supervised(setup):
+    cfg, data = setup
+    cfg = cfg.model_copy(deep=True)
+    cfg.training.kd_only_epochs = 1
+    teacher = build_model("dpdcrn", TINY).eval()
+    spec = TrialSpec("output", 0.5, seed=3, lr=1e-3, kd_weight=0.5, schedule="two_step")
+    trainer = Trainer(cfg, spec, TINY, data, teacher, "cpu", log=lambda _: None)
+    assert trainer.loss_weights() == (0.0, 0.5)
+    first = trainer.train_epoch()
+    assert first["train_loss"] == pytest.approx(0.5 * first["kd_loss"])
+    assert trainer.loss_weights() == (1.0, 0.0)
+    second = trainer.train_epoch()
+    assert second["train_loss"] == pytest.approx(second["task_loss"])
+    # the student alone has nothing to pre-train on: it stays supervised
+    alone = Trainer(cfg, TrialSpec("none", 0.5, schedule="two_step"), TINY, data, None, "cpu", log=lambda _: None)
+    assert alone.loss_weights()[0] == 1.0

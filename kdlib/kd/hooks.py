@@ -74,3 +74,32 @@ class FeatureTaps:
             handle.remove()
         self._handles.clear()
         self.features.clear()
+
+
+@torch.no_grad()
+def probe_feature_shapes(model: nn.Module, names: Iterable[str], n_samples: int = 4000) -> dict[str, torch.Size]:
+    """Output shape of each named tap for a ``(1, n_samples)`` input (``(1, M, n_samples)`` when the
+    model declares ``n_channels`` > 1). Used by KD methods to size adapters (e.g. channel counts C
+    of ``(B, C, T, F)`` features) at construction. Runs in eval mode so BatchNorm statistics are
+    untouched; the model's train/eval mode is restored.
+    """
+    names = list(dict.fromkeys(names))
+    if not names:
+        return {}
+    param = next(model.parameters(), None)
+    if param is not None and param.device.type == "meta":
+        raise ConfigError("probe_feature_shapes needs a model on a real device, not 'meta'")
+    device = param.device if param is not None else torch.device("cpu")
+    n_channels = int(getattr(model, "n_channels", 1))
+    x = torch.zeros(1, n_samples, device=device) if n_channels == 1 else torch.zeros(1, n_channels, n_samples,
+                                                                                       device=device)
+    taps = FeatureTaps(model, names)
+    was_training = model.training
+    model.eval()
+    try:
+        model(x)
+    finally:
+        model.train(was_training)
+        shapes = {n: taps.features[n].shape for n in names}
+        taps.remove()
+    return shapes

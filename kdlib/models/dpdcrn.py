@@ -159,6 +159,7 @@ class DPDCRN(SEModel):
         self.decoder = nn.ModuleList(
             _DeconvBlock(channels[i], outs[i], kernel_t, last=(i == 0)) for i in reversed(range(len(channels)))
         )
+        self.mask = nn.Tanh()  # a module so KD methods can tap the (B, 2, T, F) complex mask by name
 
     @property
     def feature_sets(self) -> dict[str, list[str]]:
@@ -168,6 +169,8 @@ class DPDCRN(SEModel):
             + [f"dualpath.{i}" for i in range(len(self.dualpath))],
             # the last decoder layer is the 2-channel mask itself, not a representation
             "decoder": [f"decoder.{i}" for i in range(len(self.decoder) - 1)] or ["decoder.0"],
+            # (B, 2, T, F) real/imag compressed-range mask in [-1, 1]; not part of the default sets
+            "mask": ["mask"],
         }
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
@@ -186,7 +189,7 @@ class DPDCRN(SEModel):
             x = block(x)
         for block in self.decoder:
             x = block(x, skips.pop())
-        mask = torch.tanh(x).transpose(2, 3)  # (B, 2, F, T), each part bounded in [-1, 1]
+        mask = self.mask(x).transpose(2, 3)  # (B, 2, F, T), each part bounded in [-1, 1]
         est = torch.complex(
             mask[:, 0] * spec.real - mask[:, 1] * spec.imag,
             mask[:, 0] * spec.imag + mask[:, 1] * spec.real,

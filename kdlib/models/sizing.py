@@ -38,7 +38,8 @@ def _params_of(name: str, args: dict[str, Any]) -> int:
         return count_params(MODELS.get(name)(**args))
 
 
-def size_student(name: str, teacher_args: dict[str, Any], ratio: float, tolerance: float = 0.10) -> SizedConfig:
+def size_student(name: str, teacher_args: dict[str, Any], ratio: float, tolerance: float = 0.10,
+                 base_args: dict[str, Any] | None = None, teacher_name: str | None = None) -> SizedConfig:
     """Pick the student config whose params are within ``±tolerance`` of ``ratio ×`` the teacher's.
 
     Widths are scaled first; depth is reduced only when no width-only candidate fits (e.g. at 4 %
@@ -50,19 +51,23 @@ def size_student(name: str, teacher_args: dict[str, Any], ratio: float, toleranc
         teacher_args: the teacher's constructor kwargs.
         ratio: target fraction of the teacher's params, in (0, 1].
         tolerance: relative tolerance on the param count (0.10 = ±10 %).
+        base_args: the student's unscaled args when they differ from the teacher's (e.g. a shared
+            sub-band student of elite sub-band teachers, or another family); default ``teacher_args``.
+        teacher_name: the teacher's family when it differs from ``name``.
 
     Raises:
         ConfigError: ratio outside (0, 1], or no candidate within tolerance.
     """
     if not 0 < ratio <= 1:
         raise ConfigError(f"student_ratio must be in (0, 1], got {ratio}")
-    teacher_params = _params_of(name, teacher_args)
-    if ratio == 1:
+    teacher_params = _params_of(teacher_name or name, teacher_args)
+    if ratio == 1 and base_args is None and teacher_name in (None, name):
         return SizedConfig(dict(teacher_args), teacher_params, teacher_params, 1.0, 1.0, 0)
     target = ratio * teacher_params
     best: tuple[int, float, dict[str, Any], int] | None = None
     seen: set[str] = set()
-    for args, reduction in MODELS.get(name).size_candidates(dict(teacher_args)):
+    start = dict(teacher_args if base_args is None else base_args)
+    for args, reduction in MODELS.get(name).size_candidates(start):
         if best is not None and reduction > best[0]:
             break  # a fitting candidate with less depth reduction exists
         key = repr(sorted(args.items()))

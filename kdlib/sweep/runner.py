@@ -54,7 +54,8 @@ class ProgressCallback(Callback):
 
 def _trial_name(trial) -> str:
     c = trial.config
-    return f"{c.get('method')}-r{c.get('student_ratio')}-s{c.get('seed')}-{trial.trial_id}"
+    tags = "".join(f"-{c[k]}" for k in ("student", "variant", "schedule") if c.get(k))
+    return f"{c.get('method')}{tags}-r{c.get('student_ratio')}-s{c.get('seed')}-{trial.trial_id}"
 
 
 def init_ray(cfg: SweepConfig) -> bool:
@@ -124,7 +125,7 @@ def run_sweep(cfg: SweepConfig, smoke: bool = False, report: bool = True) -> Swe
 
         scheduler = ASHAScheduler(max_t=cfg.training.epochs, grace_period=cfg.scheduler.grace_period,
                                   reduction_factor=cfg.scheduler.reduction_factor, time_attr="epoch")
-    n_trials = num_samples * (1 if searcher else _grid_size(cfg))
+    n_trials = num_samples
     logger = MLflowTrialLogger(cfg, cfg.tracking_uri(), exp_id, parent, pesq_mode, git_commit())
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(kd_trial, cfg=cfg, teacher_path=str(teacher_path)), resources),
@@ -159,10 +160,3 @@ def run_sweep(cfg: SweepConfig, smoke: bool = False, report: bool = True) -> Swe
     return SweepOutcome(cfg.experiment, parent, cfg.tracking_uri(), len(results), errored, paths,
                         time.perf_counter() - start)
 
-
-def _grid_size(cfg: SweepConfig) -> int:
-    s = cfg.search
-    n = len(s.method) * len(s.student_ratio) * len(s.seed)
-    for values in s.grid.values():
-        n *= len(values)
-    return n

@@ -156,8 +156,11 @@ class MLflowTrialLogger(LoggerCallback):
             run_id = run.info.run_id
             _log_dict(self.client, run_id, params={
                 "method": spec.method, "student_ratio": spec.student_ratio, "seed": spec.seed, "lr": spec.lr,
-                "kd_weight": spec.kd_weight, **{f"kd.{k}": v for k, v in spec.kd.items()},
-                "model": self.cfg.teacher.model.name, "sample_rate": self.cfg.data.sample_rate,
+                "kd_weight": spec.kd_weight, "schedule": spec.schedule, **{f"kd.{k}": v for k, v in spec.kd.items()},
+                **({"variant": spec.variant} if spec.variant else {}),
+                **({"student": spec.student} if spec.student else {}),
+                "model": self.cfg.student_base(spec.student, self.cfg.teacher.model.kwargs)[0],
+                "sample_rate": self.cfg.data.sample_rate,
                 "pesq_mode": self.pesq_mode, "config_hash": self.cfg.config_hash(), "git_commit": self.commit,
             })
         else:

@@ -48,10 +48,11 @@ def kd_trial(config: dict[str, Any], cfg: SweepConfig, teacher_path: str) -> Non
     device = resolve_device(cfg.training.device)
 
     teacher, _ = load_model(teacher_path, device)
-    sized = size_student(cfg.teacher.model.name, teacher.get_model_args(), spec.student_ratio,
-                         cfg.training.size_tolerance)
+    family, base_args = cfg.student_base(spec.student, teacher.get_model_args())
+    sized = size_student(family, teacher.get_model_args(), spec.student_ratio, cfg.training.size_tolerance,
+                         base_args=base_args, teacher_name=cfg.teacher.model.name)
     data = build_sweep_data(cfg.data, seed=spec.seed)
-    trainer = Trainer(cfg, spec, sized.model_args, data, teacher, device)
+    trainer = Trainer(cfg, spec, sized.model_args, data, teacher, device, model_name=family)
     figures = {**trainer.complexity(count_params(teacher)), "achieved_ratio": sized.achieved_ratio}
 
     checkpoint = tune.get_checkpoint()

@@ -43,20 +43,29 @@ class TrialSpec:
     lr: float = 1e-3
     kd_weight: float = 1.0
     kd: dict[str, Any] = field(default_factory=dict)
+    variant: str | None = None
+    schedule: str = "joint"
+    student: str | None = None
 
     @classmethod
     def from_trial_config(cls, config: dict[str, Any], cfg: SweepConfig) -> TrialSpec:
         """Build from a Ray Tune trial config (flat keys, ``kd.<knob>`` for searched knobs)."""
         kd = dict(cfg.methods.get(config["method"], {}))
+        variant = config.get("variant")
+        if variant is not None:
+            kd.update(cfg.search.variants[variant])
         kd.update({k[3:]: v for k, v in config.items() if k.startswith("kd.")})
         return cls(
             method=config["method"], student_ratio=float(config["student_ratio"]),
             seed=int(config.get("seed", 0)), lr=float(config.get("lr", cfg.training.lr)),
-            kd_weight=float(config.get("kd_weight", cfg.training.kd_weight)), kd=kd,
+            kd_weight=float(config.get("kd_weight", cfg.training.kd_weight)), kd=kd, variant=variant,
+            schedule=str(config.get("schedule", cfg.training.schedule)), student=config.get("student"),
         )
 
     def label(self) -> str:
-        return f"{self.method} r={self.student_ratio:g} seed={self.seed}"
+        tags = (self.student, self.variant, None if self.schedule == "joint" else self.schedule)
+        extra = "".join(f" {v}" for v in tags if v)
+        return f"{self.method}{extra} r={self.student_ratio:g} seed={self.seed}"
 
 
 class Trainer:
@@ -71,6 +80,7 @@ class Trainer:
         device: where to train.
         epochs, batch_size: override ``cfg.training`` (used for the teacher).
         log: progress sink (one line per event).
+        model_name: the student's family (default: the teacher's).
 
     Raises:
         ConfigError: bad KD kwargs or taps. FloatingPointError: the loss became NaN/inf.
@@ -78,13 +88,14 @@ class Trainer:
 
     def __init__(self, cfg: SweepConfig, spec: TrialSpec, student_args: dict[str, Any], data: SweepData,
                  teacher: SEModel | None = None, device: torch.device | str = "cpu",
-                 epochs: int | None = None, batch_size: int | None = None, log: Log = print) -> None:
+                 epochs: int | None = None, batch_size: int | None = None, log: Log = print,
+                 model_name: str | None = None) -> None:
         self.cfg, self.spec, self.data, self.log = cfg, spec, data, log
         self.device = torch.device(device)
         self.epochs = epochs or cfg.training.epochs
         self.batch_size = batch_size or cfg.training.batch_size
         torch.manual_seed(spec.seed)
-        self.student = build_model(cfg.teacher.model.name, student_args).to(self.device)
+        self.student = build_model(model_name or cfg.teacher.model.name, student_args).to(self.device)
         self.teacher = teacher
         if teacher is not None:
             teacher.to(self.device).eval().requires_grad_(False)
@@ -92,7 +103,8 @@ class Trainer:
         self.use_teacher = self.kd.needs_teacher
         self.student_taps = FeatureTaps(self.student, self.kd.student_taps())
         self.teacher_taps = FeatureTaps(teacher, self.kd.teacher_taps()) if self.use_teacher else None
-        self.task_loss = CompressedSpectralLoss().to(self.device)
+        # a family may need another task loss (sub-band models: no waveform term, see models/subband.py)
+        self.task_loss = CompressedSpectralLoss(**getattr(self.student, "task_loss_kwargs", {})).to(self.device)
         self.optimizer = torch.optim.Adam([*self.student.parameters(), *self.kd.parameters()], lr=spec.lr)
         self.epoch = 0  # epochs completed
         self.best_val = -math.inf
@@ -112,6 +124,7 @@ class Trainer:
     def train_epoch(self) -> dict[str, float]:
         """One pass over the epoch's mixtures; returns mean losses and throughput (audio s / s)."""
         self.data.train.set_epoch(self.epoch)
+        task_weight, kd_weight = self.loss_weights()
         self.student.train()
         self.kd.train()
         totals = {"train_loss": 0.0, "task_loss": 0.0, "kd_loss": 0.0}
@@ -127,7 +140,7 @@ class Trainer:
             task = self.task_loss(student_out, clean)
             kd = self.kd(KDInputs(noisy, clean, student_out, teacher_out, self.student_taps.features,
                                   self.teacher_taps.features if self.teacher_taps else {}))
-            loss = task + self.spec.kd_weight * kd
+            loss = task_weight * task + kd_weight * kd
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"{self.spec.label()}: loss became {loss.item()} at epoch {self.epoch + 1}, batch {i + 1}"
@@ -150,6 +163,18 @@ class Trainer:
         out = {k: v / n_batches for k, v in totals.items()}
         out.update(epoch_seconds=seconds, audio_seconds_per_second=audio_seconds / seconds)
         return out
+
+    def loss_weights(self) -> tuple[float, float]:
+        """(task weight, KD weight) of the current epoch under the trial's schedule.
+
+        joint: (1, λ). two_step (arXiv 2309.08144 §2): (0, λ) for the first ``kd_only_epochs``
+        epochs, then (1, 0). A method without a teacher (``none``) always trains on the task loss.
+        """
+        if self.spec.schedule != "two_step" or not self.use_teacher:
+            return 1.0, self.spec.kd_weight
+        if self.epoch < self.cfg.training.kd_only_epochs:
+            return 0.0, self.spec.kd_weight
+        return 1.0, 0.0
 
     def validate(self) -> dict[str, float]:
         """Mean SI-SDR (dB) on the validation corpus; keeps the best weights for :meth:`test`."""
