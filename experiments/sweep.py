@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"{outcome.trials} trials ({outcome.errored} errored) in {outcome.seconds / 60:.1f} min; "
           f"report: {outcome.report.get('report', '-')}")
-    return 0
+    # a real sweep survives crashed trials; in a smoke test any crash is a bug
+    return 1 if outcome.errored and (args.smoke_test or outcome.errored == outcome.trials) else 0
 
 
 if __name__ == "__main__":

@@ -404,12 +404,38 @@ def import_plugins(modules: list[str]) -> None:
             raise ConfigError(f"plugins: cannot import '{name}': {exc}") from None
 
 
-def load_config(path: str | os.PathLike, smoke: bool = False) -> SweepConfig:
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides (value parsed as YAML) to a raw config mapping.
+
+    Raises:
+        ConfigError: an override without ``=`` or with an unparsable value.
+    """
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set '{item}': expected dotted.key=value")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set '{item}': the value is not valid YAML") from None
+        node = raw
+        *parents, last = key.split(".")
+        for part in parents:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[last] = value
+    return raw
+
+
+def load_config(path: str | os.PathLike, smoke: bool = False, overrides: list[str] | None = None) -> SweepConfig:
     """Read and validate a sweep YAML.
 
     Args:
         path: the YAML file.
         smoke: apply the ``smoke`` overrides (``--smoke-test``).
+        overrides: ``dotted.key=value`` items (``--set``), applied before validation.
 
     Raises:
         ConfigError: missing file, malformed YAML, a YAML tag, or any invalid key — one line.
@@ -428,6 +454,7 @@ def load_config(path: str | os.PathLike, smoke: bool = False) -> SweepConfig:
         raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sweep keys at the top level")
+    apply_overrides(raw, overrides or [])
     import_plugins(raw.get("plugins") or [])
     try:
         cfg = validate(SweepConfig, raw)

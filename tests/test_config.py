@@ -164,3 +164,14 @@ def test_excluded_cells_are_not_run(tmp_path):
     data["search"]["exclude"] = [{"method": "output", "student_ratio": 0.04}]
     points = load_config(_write(tmp_path, data)).search.points()
     assert len(points) == 5 and {"method": "output", "student_ratio": 0.04, "seed": 0} not in points
+
+
+def test_set_overrides_apply_before_validation():
+    cfg = load_config(SWEEPS / "quickstart.yaml", overrides=["search.student_ratio=[0.1]", "training.epochs=2",
+                                                           "methods.output.wav_weight=3.5"])
+    assert cfg.search.student_ratio == [0.1] and cfg.training.epochs == 2
+    assert cfg.methods["output"]["wav_weight"] == 3.5
+    with pytest.raises(ConfigError, match="unknown key 'search.colour'"):
+        load_config(SWEEPS / "quickstart.yaml", overrides=["search.colour=red"])
+    with pytest.raises(ConfigError, match="expected dotted.key=value"):
+        load_config(SWEEPS / "quickstart.yaml", overrides=["training.epochs"])

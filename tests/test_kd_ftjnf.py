@@ -43,6 +43,15 @@ CASES = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_cpu_thread():
+    """Tiny tensors: one intra-op thread avoids oversubscription stalls on a shared CPU host."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _models():
     return build_model("dpdcrn", STUDENT_ARGS), build_model("dpdcrn", TEACHER_ARGS)
 

@@ -75,7 +75,7 @@ def compute_fixtures() -> dict[str, float]:
     out = {}
     for case, kwargs in CASES.items():
         method = _method(student, teacher, **kwargs)
-        out[case] = float(method(fixture_inputs(method)))
+        out[case] = method(fixture_inputs(method)).item()
     return out
 
 
@@ -99,7 +99,7 @@ def test_loss_values_match_precomputed_fixtures(case):
     torch.manual_seed(0)
     student, teacher = _pair()
     method = _method(student, teacher, **CASES[case])
-    assert float(method(fixture_inputs(method))) == pytest.approx(FIXTURES[case], rel=1e-5, abs=1e-7)
+    assert method(fixture_inputs(method)).item() == pytest.approx(FIXTURES[case], rel=1e-5, abs=1e-7)
 
 
 def test_fixture_cases_are_all_different():
@@ -137,23 +137,30 @@ def test_pair_loss_matches_the_written_equations(calibration, cross):
         expected = (w / w.sum() * (d_t + d_f)).sum()
     else:
         expected = (a_t * d_t + a_f * d_f).sum()
-    assert float(method.pair_loss("encoder", s, t)) == pytest.approx(float(expected), rel=1e-5)
+    assert method.pair_loss("encoder", s, t).item() == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_softmax_weights_favour_the_closer_pairs_and_carry_no_gradient():
     student, teacher = _pair()
-    method = _method(student, teacher, calibration="time")
-    feat = torch.randn(2, 3, 6, 5, requires_grad=True)
-    far = torch.randn(2, 3, 6, 5)
-    t = [(time_self_similarity(feat.detach()), None)]
-    s = [(time_self_similarity(feat), None), (time_self_similarity(far), None)]
-    # pair 0 has distance 0 → with τ=0.1 and a far pair, the loss is (almost) only the far pair's tiny weight
+    tau = 0.1
+    method = _method(student, teacher, calibration="time", temperature=tau)
+    target = torch.randn(2, 3, 6, 5)
+    near = (target + 0.3 * torch.randn(2, 3, 6, 5)).requires_grad_(True)
+    far = torch.randn(2, 3, 6, 5).requires_grad_(True)
+    t = [(time_self_similarity(target), None)]
+    s = [(time_self_similarity(near), None), (time_self_similarity(far), None)]
     loss = method.pair_loss("encoder", s, t)
-    d_far = similarity_distance(s[1][0], t[0][0])
-    w_far = torch.softmax(torch.tensor([0.0, -float(d_far) / 0.1]), 0)[1]
-    assert float(loss) == pytest.approx(float(w_far * d_far), rel=1e-5)
-    loss.backward()  # gradient of α·d with α detached: only d's gradient, zero at d = 0
-    assert feat.grad is not None and float(feat.grad.abs().max()) < 1e-6
+    loss.backward()
+    # expected: Σ α_i d_i with α = softmax(−d/τ) treated as a constant
+    near2, far2 = near.detach().clone().requires_grad_(True), far.detach().clone().requires_grad_(True)
+    d = torch.stack([similarity_distance(time_self_similarity(x), t[0][0]) for x in (near2, far2)])
+    alpha = torch.softmax(-d.detach() / tau, 0)
+    assert alpha[0] > alpha[1]  # the closer pair gets the larger weight
+    expected = (alpha * d).sum()
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(near.grad, near2.grad)
+    torch.testing.assert_close(far.grad, far2.grad)
 
 
 # ---- 2. student == teacher -------------------------------------------------------------------
@@ -169,8 +176,8 @@ def test_intra_set_loss_vanishes_when_student_equals_teacher_at_low_temperature(
     x = torch.randn(2, 1600)
     cold = _method(student, teacher, inter_set_fusion=False, temperature=1e-4, **kwargs)
     warm = _method(student, teacher, inter_set_fusion=False, temperature=1.0, **kwargs)
-    cold_loss = float(cold(_real_inputs(cold, student, teacher, x)))
-    warm_loss = float(warm(_real_inputs(warm, student, teacher, x)))
+    cold_loss = cold(_real_inputs(cold, student, teacher, x)).item()
+    warm_loss = warm(_real_inputs(warm, student, teacher, x)).item()
     assert cold_loss < 1e-6
     assert warm_loss > 1e-4  # off-diagonal pairs are real distances: the test can fail
 
@@ -184,8 +191,8 @@ def test_full_method_at_equality_is_only_the_inter_set_term():
     x = torch.randn(2, 1600)
     full = _method(student, teacher, temperature=1e-4)
     inter = _method(student, teacher, temperature=1e-4, intra_set=False)
-    full_loss = float(full(_real_inputs(full, student, teacher, x)))
-    inter_loss = float(inter(_real_inputs(inter, student, teacher, x)))
+    full_loss = full(_real_inputs(full, student, teacher, x)).item()
+    inter_loss = inter(_real_inputs(inter, student, teacher, x)).item()
     assert full_loss == pytest.approx(inter_loss, rel=1e-5, abs=1e-7)
     assert inter_loss > 0
     # the inter-set machinery itself is zero when the fused student set equals the teacher's
@@ -193,11 +200,12 @@ def test_full_method_at_equality_is_only_the_inter_set_term():
         t_in = _real_inputs(full, student, teacher, x)
         reps = [full._teacher_representative([full._mats(t_in.teacher_features[n]) for n in full.t_sets[s]])
                 for s in full.cfg.sets]
-    assert float(full.pair_loss("inter", reps, reps)) < 1e-6
+    assert full.pair_loss("inter", reps, reps).item() < 1e-6
 
 
 # ---- 3. gradients ---------------------------------------------------------------------------
-@pytest.mark.parametrize("kwargs", [{}, {"weights": "learned"}, {"fusion": "recursive", "teacher_representative": "mean"}])
+@pytest.mark.parametrize("kwargs", [{}, {"weights": "learned"},
+                                    {"fusion": "recursive", "teacher_representative": "mean"}])
 def test_gradient_reaches_student_fusion_and_learned_weights_never_teacher(kwargs):
     torch.manual_seed(0)
     student, teacher = _pair()
@@ -247,7 +255,7 @@ def test_student_and_teacher_may_differ_in_depth_and_width(fusion, kwargs):
     assert len(method.s_sets["encoder"]) == 2 and len(method.t_sets["encoder"]) == 3
     assert len(method.s_sets["middle"]) == 2 and len(method.t_sets["middle"]) == 3
     loss = method(_real_inputs(method, student, teacher, torch.randn(2, 1600)))
-    assert loss.ndim == 0 and torch.isfinite(loss) and float(loss) > 0
+    assert loss.ndim == 0 and torch.isfinite(loss) and loss.item() > 0
 
 
 def test_fusion_order_sets_the_representative_resolution():
@@ -335,15 +343,15 @@ def test_ablation_switches_change_the_value_and_the_terms_add_up():
     student, teacher = _pair()
     base = _method(student, teacher)
     inputs = fixture_inputs(base)
-    values = {case: float(_method(student, teacher, **kw)(inputs)) for case, kw in CASES.items() if "sets" not in kw}
+    values = {case: _method(student, teacher, **kw)(inputs).item() for case, kw in CASES.items() if "sets" not in kw}
     for case, value in values.items():
         if case != "full":
             assert abs(value - values["full"]) > 1e-6, case
     # same seed → same ABF init: full = λ_intra·intra + λ_inter·inter
     assert values["full"] == pytest.approx(values["no_intra"] + values["no_inter"], rel=1e-5)
-    scaled = float(_method(student, teacher, lambda_intra=2.0, lambda_inter=0.5)(inputs))
+    scaled = _method(student, teacher, lambda_intra=2.0, lambda_inter=0.5)(inputs).item()
     assert scaled == pytest.approx(2.0 * values["no_inter"] + 0.5 * values["no_intra"], rel=1e-5)
-    assert float(_method(student, teacher, lambda_intra=0.0, lambda_inter=0.0)(inputs)) == 0.0
+    assert _method(student, teacher, lambda_intra=0.0, lambda_inter=0.0)(inputs).item() == 0.0
 
 
 # ---- one real training step ---------------------------------------------------------------------
@@ -375,6 +383,13 @@ def test_one_training_step_updates_student_and_method(kwargs):
     assert all(not torch.equal(a, b) for a, b in zip(before_m, method.parameters(), strict=True)
                if a.ndim > 1)  # every conv / linear weight of the method moved
     assert all(torch.equal(a, b) for a, b in zip(before_t, teacher.parameters(), strict=True))
+
+
+def test_a_set_may_be_a_module_path():
+    student, teacher = _pair()
+    method = _method(student, teacher, sets=["encoder.1", "middle"], weights="learned")
+    assert method.student_taps()[0] == "encoder.1" and method.teacher_taps()[0] == "encoder.1"
+    assert torch.isfinite(method(fixture_inputs(method)))
 
 
 def test_registered_with_source_and_taps_by_set_name():

@@ -122,7 +122,7 @@ def test_failed_trials_are_marked_failed_and_the_sweep_goes_on(data_root, tmp_pa
     monkeypatch.setenv("KDLIB_OUTPUT", str(tmp_path / "out"))
     monkeypatch.setenv("PYTHONPATH", str(REPO))  # Ray workers import the test plugin
     code = main(["sweep", "run", str(path), "--smoke-test"])
-    assert code == 0
+    assert code == 1  # the sweep ran to the end, but a smoke test with crashed trials must not pass
     runs = _runs(tmp_path / "out", "crashy-smoke")
     trials = runs[runs["tags.kdlib.role"] == "trial"]
     assert len(trials) == 4

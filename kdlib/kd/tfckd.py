@@ -27,6 +27,11 @@ Mats = tuple[torch.Tensor | None, torch.Tensor | None]
 STREAMS = ("time", "frequency")
 
 
+def _key(name: str) -> str:
+    """Submodule key for a set name (a set may be given as a module path like ``encoder.1``)."""
+    return name.replace(".", ":")
+
+
 class TFCKDConfig(KDConfig):
     """Knobs of ``i2rf_tfckd`` (all [R] unless noted; see :class:`I2RFTFCKD`)."""
 
@@ -195,13 +200,13 @@ class I2RFTFCKD(KDMethod):
         if c.inter_set_fusion:
             for name, names in self.s_sets.items():
                 channels = [int(shapes[n][1]) for n in names]
-                self.fusion[name] = _SetFusion(channels, c.fusion_channels, c.fusion_channels, c.fusion)
+                self.fusion[_key(name)] = _SetFusion(channels, c.fusion_channels, c.fusion_channels, c.fusion)
         self.attention = nn.ModuleDict()
         if c.weights == "learned" and c.calibration != "none":
             groups = [*(c.sets if c.intra_set else []), *(["inter"] if c.inter_set_fusion else [])]
             for group in groups:
                 for stream in self.streams:
-                    self.attention[f"{group}/{stream}"] = _PairAttention(c.pool_size, c.embed_dim)
+                    self.attention[_key(f"{group}/{stream}")] = _PairAttention(c.pool_size, c.embed_dim)
 
     def student_taps(self) -> list[str]:
         return [n for names in self.s_sets.values() for n in names]
@@ -241,7 +246,8 @@ class I2RFTFCKD(KDMethod):
             if c.calibration == "none":
                 alpha[stream] = torch.full_like(d, 1.0 / d.numel()).detach()
             elif c.weights == "learned":
-                alpha[stream] = self.attention[f"{group}/{stream}"]([s[k] for s in student], [t[k] for t in teacher])
+                attention = self.attention[_key(f"{group}/{stream}")]
+                alpha[stream] = attention([s[k] for s in student], [t[k] for t in teacher])
             else:
                 alpha[stream] = torch.softmax(-d.detach().flatten() / c.temperature, 0).view_as(d)
         if len(self.streams) == 1:
@@ -265,7 +271,7 @@ class I2RFTFCKD(KDMethod):
             if c.intra_set:
                 intra.append(self.pair_loss(name, [self._mats(f) for f in s_list], t_mats))
             if c.inter_set_fusion:
-                fused_s.append(self._mats(self.fusion[name](s_list)))
+                fused_s.append(self._mats(self.fusion[_key(name)](s_list)))
                 fused_t.append(self._teacher_representative(t_mats))
         loss = inputs.student_out.new_zeros(())
         if intra:

@@ -46,9 +46,12 @@ def build_search(search: SearchConfig, metric: str, mode: str, seed: int = 0) ->
     """``(param_space, search_alg, num_samples)`` for ``ray.tune.TuneConfig``; one sample per cell."""
     points = grid_points(search)
     if not search.optuna:
+        from ray import tune
         from ray.tune.search import BasicVariantGenerator
 
-        return {}, BasicVariantGenerator(points_to_evaluate=points), len(points)
+        # each point pins every key; the choice domains only declare the keys the points preset
+        space = {k: tune.choice(v) for k, v in search.dims().items()}
+        return space, BasicVariantGenerator(points_to_evaluate=points), len(points)
     from ray.tune.search.optuna import OptunaSearch
 
     searcher = OptunaSearch(space=DefineByRunSpace(search), metric=metric, mode=mode,
