@@ -65,14 +65,17 @@ class KDMethod(nn.Module):
         # plain attributes via __dict__ so the models never become submodules of the loss
         self.__dict__["student"] = student
         self.__dict__["teacher"] = teacher
+        #: (student tap, teacher tap) pairs; methods that match layer to layer set it, and the
+        #: default tap lists below follow from it
+        self.pairs: list[tuple[str, str]] = []
 
     def student_taps(self) -> list[str]:
         """Student module names whose outputs the loss reads."""
-        return []
+        return [s for s, _ in self.pairs]
 
     def teacher_taps(self) -> list[str]:
         """Teacher module names whose outputs the loss reads."""
-        return []
+        return [t for _, t in self.pairs]
 
     def extra_params(self) -> int:
         """Learnable parameters of the method itself (logged as ``kd_extra_params``)."""

@@ -19,20 +19,10 @@ from torch import nn
 
 from kdlib.kd.base import KDConfig, KDInputs, KDMethod, register_kd_method
 from kdlib.kd.fusion import ABF, hcl_loss
-from kdlib.kd.hooks import probe_feature_shapes, resolve_tap
+from kdlib.kd.hooks import TapSpec, probe_feature_shapes, resolve_tap_pairs
 from kdlib.kd.similarity import match_size
 
-LayerSpec = str | tuple[str, str]
-
-
-def _resolve_pairs(student: nn.Module, teacher: nn.Module, specs: list[LayerSpec]) -> list[tuple[str, str]]:
-    """``(student tap, teacher tap)`` per spec: a set name / module name used on both models, or a
-    ``[student, teacher]`` pair. Raises ConfigError (from :func:`resolve_tap`) for unknown taps."""
-    pairs = []
-    for spec in specs:
-        s_spec, t_spec = (spec, spec) if isinstance(spec, str) else spec
-        pairs.append((resolve_tap(student, s_spec)[0], resolve_tap(teacher, t_spec)[0]))
-    return pairs
+LayerSpec = TapSpec
 
 
 def _resize_to(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
@@ -87,7 +77,7 @@ class FitNetsKD(KDMethod):
     def __init__(self, student, teacher, **kwargs) -> None:
         super().__init__(student, teacher, **kwargs)
         c = self.cfg
-        self.pairs = _resolve_pairs(student, teacher, c.layers)
+        self.pairs = resolve_tap_pairs(student, teacher, c.layers)
         s_shapes = probe_feature_shapes(student, [s for s, _ in self.pairs])
         t_shapes = probe_feature_shapes(teacher, [t for _, t in self.pairs])
         kernel = 1 if c.adapter == "conv1x1" else 3
@@ -107,12 +97,6 @@ class FitNetsKD(KDMethod):
         if skipped:
             warnings.warn("fitnets init='identity' needs equal channel counts; default init kept for "
                           + ", ".join(skipped), stacklevel=2)
-
-    def student_taps(self) -> list[str]:
-        return [s for s, _ in self.pairs]
-
-    def teacher_taps(self) -> list[str]:
-        return [t for _, t in self.pairs]
 
     def forward(self, inputs: KDInputs) -> torch.Tensor:
         dist = F.mse_loss if self.cfg.loss == "mse" else F.l1_loss
@@ -185,13 +169,7 @@ class SPKD(KDMethod):
 
     def __init__(self, student, teacher, **kwargs) -> None:
         super().__init__(student, teacher, **kwargs)
-        self.pairs = _resolve_pairs(student, teacher, self.cfg.layers)
-
-    def student_taps(self) -> list[str]:
-        return [s for s, _ in self.pairs]
-
-    def teacher_taps(self) -> list[str]:
-        return [t for _, t in self.pairs]
+        self.pairs = resolve_tap_pairs(student, teacher, self.cfg.layers)
 
     def layer_loss(self, fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
         """‖norm(G_s) − norm(G_t)‖²_F / n², averaged over utterances for the time/frequency axes."""
@@ -259,7 +237,7 @@ class ReviewKD(KDMethod):
     def __init__(self, student, teacher, **kwargs) -> None:
         super().__init__(student, teacher, **kwargs)
         c = self.cfg
-        self.pairs = _resolve_pairs(student, teacher, c.sets)
+        self.pairs = resolve_tap_pairs(student, teacher, c.sets)
         s_shapes = probe_feature_shapes(student, [s for s, _ in self.pairs])
         t_shapes = probe_feature_shapes(teacher, [t for _, t in self.pairs])
         t_channels = [t_shapes[t][1] for _, t in self.pairs]
@@ -269,12 +247,6 @@ class ReviewKD(KDMethod):
             ABF(s_shapes[s][1], self.mid_channels, c_t, fuse=c.fuse and i < n - 1)
             for i, ((s, _), c_t) in enumerate(zip(self.pairs, t_channels, strict=True))
         )
-
-    def student_taps(self) -> list[str]:
-        return [s for s, _ in self.pairs]
-
-    def teacher_taps(self) -> list[str]:
-        return [t for _, t in self.pairs]
 
     def forward(self, inputs: KDInputs) -> torch.Tensor:
         levels = tuple(self.cfg.hcl_levels)

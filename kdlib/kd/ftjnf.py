@@ -21,17 +21,9 @@ from torch import nn
 from kdlib.errors import ConfigError
 from kdlib.kd.base import KDConfig, KDInputs, KDMethod, register_kd_method
 from kdlib.kd.fusion import ABF, hcl_loss
-from kdlib.kd.hooks import probe_feature_shapes, resolve_tap
+from kdlib.kd.hooks import TapSpec, probe_feature_shapes, resolve_tap_pairs
 from kdlib.kd.similarity import similarity_distance
 from kdlib.models.stft import STFT
-
-#: a tap: one spec for both models, or a ``[student, teacher]`` pair of specs
-TapSpec = str | tuple[str, str]
-
-
-def _resolve_pair(student, teacher, spec: TapSpec) -> tuple[str, str]:
-    s_spec, t_spec = (spec, spec) if isinstance(spec, str) else spec
-    return resolve_tap(student, s_spec)[0], resolve_tap(teacher, t_spec)[0]
 
 
 def _probe_4d(model, names: list[str], method: str) -> dict[str, torch.Size]:
@@ -111,18 +103,13 @@ class MaskMatching(KDMethod):
 
     def __init__(self, student, teacher, **kwargs) -> None:
         super().__init__(student, teacher, **kwargs)
-        self.s_tap, self.t_tap = _resolve_pair(student, teacher, self.cfg.tap)
+        self.pairs = resolve_tap_pairs(student, teacher, [self.cfg.tap])
+        self.s_tap, self.t_tap = self.pairs[0]
         c_s = _probe_4d(student, [self.s_tap], "mask_matching")[self.s_tap][1]
         c_t = _probe_4d(teacher, [self.t_tap], "mask_matching")[self.t_tap][1]
         if c_s != c_t:
             raise ConfigError(f"mask_matching: student tap '{self.s_tap}' has {c_s} channels, teacher tap "
                               f"'{self.t_tap}' has {c_t}; masks must have the same channels")
-
-    def student_taps(self) -> list[str]:
-        return [self.s_tap]
-
-    def teacher_taps(self) -> list[str]:
-        return [self.t_tap]
 
     def forward(self, inputs: KDInputs) -> torch.Tensor:
         ms, mt = inputs.student_features[self.s_tap], inputs.teacher_features[self.t_tap].detach()
@@ -198,16 +185,11 @@ class _BandSelfSimilarity(KDMethod):
 
     def __init__(self, student, teacher, **kwargs) -> None:
         super().__init__(student, teacher, **kwargs)
-        self.s_tap, self.t_tap = _resolve_pair(student, teacher, self.cfg.layer)
+        self.pairs = resolve_tap_pairs(student, teacher, [self.cfg.layer])
+        self.s_tap, self.t_tap = self.pairs[0]
         name = type(self).registry_name  # type: ignore[attr-defined]
         _probe_4d(student, [self.s_tap], name)
         _probe_4d(teacher, [self.t_tap], name)
-
-    def student_taps(self) -> list[str]:
-        return [self.s_tap]
-
-    def teacher_taps(self) -> list[str]:
-        return [self.t_tap]
 
     def similarity(self, feat: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -317,7 +299,7 @@ class FusedMultilayer(KDMethod):
     def __init__(self, student, teacher, **kwargs) -> None:
         super().__init__(student, teacher, **kwargs)
         c = self.cfg
-        self.pairs = [_resolve_pair(student, teacher, spec) for spec in c.sets]
+        self.pairs = resolve_tap_pairs(student, teacher, c.sets)
         s_shapes = _probe_4d(student, [s for s, _ in self.pairs], "fused_multilayer")
         t_shapes = _probe_4d(teacher, [t for _, t in self.pairs], "fused_multilayer")
         s_ch = [s_shapes[s][1] for s, _ in self.pairs]
@@ -328,12 +310,6 @@ class FusedMultilayer(KDMethod):
         self.abfs = nn.ModuleList(
             ABF(s_ch[i], mid, t_ch[i], fuse=c.fuse and i < n - 1) for i in range(n)
         )
-
-    def student_taps(self) -> list[str]:
-        return [s for s, _ in self.pairs]
-
-    def teacher_taps(self) -> list[str]:
-        return [t for _, t in self.pairs]
 
     def forward(self, inputs: KDInputs) -> torch.Tensor:
         c = self.cfg

@@ -10,6 +10,22 @@ from torch import nn
 
 from kdlib.errors import ConfigError
 
+#: a tap spec: one set/module name used on both models, or a ``[student, teacher]`` pair of them
+TapSpec = str | tuple[str, str]
+
+
+def resolve_tap_pairs(student: nn.Module, teacher: nn.Module, specs: Iterable[TapSpec]) -> list[tuple[str, str]]:
+    """``(student tap, teacher tap)`` per spec, each resolved to its set's last layer by :func:`resolve_tap`.
+
+    Raises:
+        ConfigError: a spec names no set or module of its model.
+    """
+    pairs = []
+    for spec in specs:
+        s_spec, t_spec = (spec, spec) if isinstance(spec, str) else spec
+        pairs.append((resolve_tap(student, s_spec)[0], resolve_tap(teacher, t_spec)[0]))
+    return pairs
+
 
 def resolve_tap(model: nn.Module, spec: str, pick: str = "last") -> list[str]:
     """Module names for a tap spec.

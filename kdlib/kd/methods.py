@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 
 from kdlib.kd.base import KDConfig, KDInputs, KDMethod, register_kd_method
-from kdlib.kd.hooks import resolve_tap
+from kdlib.kd.hooks import resolve_tap_pairs
 from kdlib.kd.similarity import freq_self_similarity, similarity_distance, time_self_similarity
 from kdlib.losses import CompressedSpectralLoss
 
@@ -91,16 +91,7 @@ class SelfSimilarityKD(KDMethod):
 
     def __init__(self, student, teacher, **kwargs) -> None:
         super().__init__(student, teacher, **kwargs)
-        self.pairs: list[tuple[str, str]] = []
-        for spec in self.cfg.layers:
-            s_spec, t_spec = (spec, spec) if isinstance(spec, str) else spec
-            self.pairs.append((resolve_tap(student, s_spec)[0], resolve_tap(teacher, t_spec)[0]))
-
-    def student_taps(self) -> list[str]:
-        return [s for s, _ in self.pairs]
-
-    def teacher_taps(self) -> list[str]:
-        return [t for _, t in self.pairs]
+        self.pairs = resolve_tap_pairs(student, teacher, self.cfg.layers)
 
     def forward(self, inputs: KDInputs) -> torch.Tensor:
         c = self.cfg
