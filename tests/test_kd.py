@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from kdlib.errors import ConfigError, RegistryError
-from kdlib.kd import KD_METHODS, FeatureTaps, KDInputs, build_kd_method, validate_kd_kwargs
+from kdlib.kd import KD_METHODS, KDInputs, build_kd_method, validate_kd_kwargs
 from kdlib.kd.similarity import freq_self_similarity, similarity_distance, time_self_similarity
 from kdlib.models import build_model, size_student
 from tests.kd_fixture_inputs import CASES, fixture_inputs, method_for
+from tests.kd_helpers import kd_inputs
 
 FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "kd_losses.json").read_text())
 TEACHER_ARGS = {"channels": [8, 12], "rnn_hidden": 12, "n_dilated": 1, "n_dualpath": 1}
@@ -65,20 +66,12 @@ def _pair(ratio=0.25):
     return student, teacher
 
 
-def _inputs(method, student, teacher, x):
-    st, tt = FeatureTaps(student, method.student_taps()), FeatureTaps(teacher, method.teacher_taps())
-    with torch.no_grad():
-        t_out = teacher(x)
-    s_out = student(x)
-    return KDInputs(x, x, s_out, t_out, dict(st.features), dict(tt.features))
-
-
 @pytest.mark.parametrize("name", ["output", "self_similarity"])
 def test_loss_is_zero_when_the_student_equals_the_teacher(name):
     teacher = build_model("dpdcrn", TEACHER_ARGS).eval()
     student = copy.deepcopy(teacher).eval()
     method = build_kd_method(name, student, teacher)
-    loss = method(_inputs(method, student, teacher, torch.randn(2, 8000)))
+    loss = method(kd_inputs(method, student, teacher, torch.randn(2, 8000)))
     assert float(loss) == pytest.approx(0.0, abs=1e-6)
 
 
@@ -86,7 +79,7 @@ def test_loss_is_zero_when_the_student_equals_the_teacher(name):
 def test_gradient_reaches_the_student_and_never_the_teacher(name):
     student, teacher = _pair()
     method = build_kd_method(name, student, teacher)
-    loss = method(_inputs(method, student, teacher, torch.randn(2, 8000)))
+    loss = method(kd_inputs(method, student, teacher, torch.randn(2, 8000)))
     assert float(loss) > 0
     loss.backward()
     grads = [p.grad for p in student.parameters() if p.grad is not None]

@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from kdlib.errors import ConfigError
-from kdlib.kd import FeatureTaps, KDInputs, build_kd_method, validate_kd_kwargs
+from kdlib.kd import KDInputs, build_kd_method, validate_kd_kwargs
 from kdlib.kd.dfkd import crossover_bin, guard_bins, spectral_profile
 from kdlib.models import build_model, size_student
+from tests.kd_helpers import kd_inputs
 
 FIXTURE = Path(__file__).parent / "fixtures" / "kd_dfkd.json"
 TEACHER_ARGS = {"channels": [4, 6], "rnn_hidden": 6, "n_dilated": 1, "n_dualpath": 1}
@@ -30,15 +31,6 @@ CASES = {
     "no_ratio_log_unsmoothed": {"magnitude_ratio_weight": 0.0, "profile_scale": "log", "smooth_bins": 1,
                                 "n_fft": 256, "hop_length": 64},
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscription stalls on a shared CPU host."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def lowpass_noise(n: int, length: int, cutoff: float, floor: float, g: torch.Generator) -> torch.Tensor:
@@ -129,19 +121,11 @@ def test_loss_is_zero_when_outputs_are_equal(case):
         pytest.approx(0.0, abs=1e-6)
 
 
-def _real_inputs(method, student, teacher, x):
-    st, tt = FeatureTaps(student, method.student_taps()), FeatureTaps(teacher, method.teacher_taps())
-    with torch.no_grad():
-        t_out = teacher(x)
-    s_out = student(x)
-    return KDInputs(x, x, s_out, t_out, dict(st.features), dict(tt.features))
-
-
 def test_loss_is_zero_for_a_student_equal_to_the_teacher():
     teacher = build_model("dpdcrn", TEACHER_ARGS).eval()
     student = copy.deepcopy(teacher).eval()
     method = _method({"high_weight_mode": "adaptive"}, student, teacher)
-    loss = method(_real_inputs(method, student, teacher, torch.randn(2, 8000)))
+    loss = method(kd_inputs(method, student, teacher, torch.randn(2, 8000)))
     assert float(loss.detach()) == pytest.approx(0.0, abs=1e-6)
 
 
@@ -153,7 +137,7 @@ def test_gradient_reaches_the_student_and_never_the_teacher(case):
     method = _method(CASES[case], student, teacher)
     x = torch.randn(2, 8000)
     x[1, 4000:] = 0.0  # a silent tail: exact-zero STFT bins must not give NaN gradients
-    loss = method(_real_inputs(method, student, teacher, x))
+    loss = method(kd_inputs(method, student, teacher, x))
     assert float(loss.detach()) > 0
     loss.backward()
     grads = [p.grad for p in student.parameters() if p.grad is not None]
@@ -240,7 +224,7 @@ def test_one_real_training_step_updates_the_student():
     opt = torch.optim.Adam([*student.parameters(), *method.parameters()], lr=1e-2)
     before = [p.detach().clone() for p in student.parameters()]
     x = torch.randn(2, 8000)
-    loss = method(_real_inputs(method, student, teacher, x))
+    loss = method(kd_inputs(method, student, teacher, x))
     opt.zero_grad()
     loss.backward()
     opt.step()

@@ -17,11 +17,12 @@ import pytest
 import torch
 
 from kdlib.errors import ConfigError
-from kdlib.kd import FeatureTaps, KDInputs, build_kd_method, validate_kd_kwargs
+from kdlib.kd import KDInputs, build_kd_method, validate_kd_kwargs
 from kdlib.kd.ftjnf import narrowband_self_similarity, wideband_self_similarity
 from kdlib.kd.hooks import probe_feature_shapes
 from kdlib.kd.similarity import freq_self_similarity
 from kdlib.models import build_model, size_student
+from tests.kd_helpers import kd_inputs
 
 FIXTURE = Path(__file__).parent / "fixtures" / "kd_ftjnf.json"
 TEACHER_ARGS = {"channels": [4, 6], "rnn_hidden": 6, "n_dilated": 1, "n_dualpath": 1}
@@ -41,15 +42,6 @@ CASES = {
     "fused_multilayer_mse_mid5": ("fused_multilayer", {"loss": "mse", "mid_channels": 5}),
     "fused_multilayer_nofuse": ("fused_multilayer", {"fuse": False}),
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscription stalls on a shared CPU host."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _models():
@@ -91,23 +83,12 @@ def test_loss_values_match_precomputed_fixtures(case):
     assert _case_value(case) == pytest.approx(expected, rel=1e-5, abs=1e-7)
 
 
-def _real_inputs(method, student, teacher, x):
-    st, tt = FeatureTaps(student, method.student_taps()), FeatureTaps(teacher, method.teacher_taps())
-    with torch.no_grad():
-        t_out = teacher(x)
-    s_out = student(x)
-    inputs = KDInputs(x, x, s_out, t_out, dict(st.features), dict(tt.features))
-    st.remove()
-    tt.remove()
-    return inputs
-
-
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "fused_multilayer"])
 def test_loss_is_zero_when_the_student_equals_the_teacher(name):
     teacher = build_model("dpdcrn", TEACHER_ARGS).eval()
     student = copy.deepcopy(teacher).eval()
     method = _build(name, {}, student, teacher)
-    loss = method(_real_inputs(method, student, teacher, torch.randn(2, 8000)))
+    loss = method(kd_inputs(method, student, teacher, torch.randn(2, 8000)))
     assert float(loss.detach()) == pytest.approx(0.0, abs=1e-6)
 
 
@@ -117,7 +98,7 @@ def test_fused_multilayer_learns_to_match_an_identical_student():
     teacher = build_model("dpdcrn", TEACHER_ARGS).eval()
     student = copy.deepcopy(teacher).eval()
     method = _build("fused_multilayer", {}, student, teacher)
-    inputs = _real_inputs(method, student, teacher, torch.randn(2, 8000))
+    inputs = kd_inputs(method, student, teacher, torch.randn(2, 8000))
     inputs.student_features = {k: v.detach() for k, v in inputs.student_features.items()}
     assert inputs.student_features.keys() == inputs.teacher_features.keys()
     opt = torch.optim.Adam(method.parameters(), lr=1e-2)
@@ -139,7 +120,7 @@ def test_gradient_reaches_the_student_and_method_and_never_the_teacher(name):
     teacher = build_model("dpdcrn", TEACHER_ARGS).eval()
     student = build_model("dpdcrn", STUDENT_ARGS)
     method = _build(name, {}, student, teacher)
-    loss = method(_real_inputs(method, student, teacher, torch.randn(2, 8000)))
+    loss = method(kd_inputs(method, student, teacher, torch.randn(2, 8000)))
     assert float(loss.detach()) > 0
     loss.backward()
     grads = [p.grad for p in student.parameters() if p.grad is not None]
@@ -203,7 +184,7 @@ def test_different_resolutions_are_resized_not_refused(name, student_args):
     teacher = build_model("dpdcrn", TEACHER_ARGS).eval()
     student = build_model("dpdcrn", {**STUDENT_ARGS, **student_args})
     method = _build(name, {}, student, teacher)
-    inputs = _real_inputs(method, student, teacher, torch.randn(2, 8000))
+    inputs = kd_inputs(method, student, teacher, torch.randn(2, 8000))
     (s_name,), (t_name,) = method.student_taps(), method.teacher_taps()
     assert inputs.student_features[s_name].shape[-2:] != inputs.teacher_features[t_name].shape[-2:]
     loss = method(inputs)
@@ -216,7 +197,7 @@ def test_fused_multilayer_handles_different_depths():
     teacher = build_model("dpdcrn", TEACHER_ARGS).eval()
     student = build_model("dpdcrn", {**STUDENT_ARGS, "channels": [3], "n_dilated": 0})
     method = _build("fused_multilayer", {}, student, teacher)
-    loss = method(_real_inputs(method, student, teacher, torch.randn(2, 8000)))
+    loss = method(kd_inputs(method, student, teacher, torch.randn(2, 8000)))
     assert loss.ndim == 0 and torch.isfinite(loss)
 
 
@@ -304,7 +285,7 @@ def test_one_real_training_step_updates_student_and_method(name):
     opt = torch.optim.Adam(params, lr=1e-2)
     before = [p.detach().clone() for p in params]
     x = torch.randn(2, 8000)
-    inputs = _real_inputs(method, student, teacher, x)
+    inputs = kd_inputs(method, student, teacher, x)
     loss = (inputs.student_out - x).abs().mean() + method(inputs)  # task loss + KD
     opt.zero_grad()
     loss.backward()

@@ -21,6 +21,7 @@ from kdlib.kd.hooks import probe_feature_shapes
 from kdlib.kd.similarity import freq_self_similarity, similarity_distance, time_self_similarity
 from kdlib.kd.tfckd import I2RFTFCKD
 from kdlib.models import build_model, size_student
+from tests.kd_helpers import kd_inputs
 
 FIXTURE_PATH = Path(__file__).parent / "fixtures" / "kd_tfckd.json"
 # 3 encoder levels → 2 decoder taps per set; n_fft 64 keeps F small (33/17/9/5 bins)
@@ -77,17 +78,6 @@ def compute_fixtures() -> dict[str, float]:
         method = _method(student, teacher, **kwargs)
         out[case] = method(fixture_inputs(method)).item()
     return out
-
-
-def _real_inputs(method, student, teacher, x, teacher_grad=False) -> KDInputs:
-    st, tt = FeatureTaps(student, method.student_taps()), FeatureTaps(teacher, method.teacher_taps())
-    with torch.set_grad_enabled(teacher_grad):
-        t_out = teacher(x)
-    s_out = student(x)
-    inputs = KDInputs(x, x, s_out, t_out, dict(st.features), dict(tt.features))
-    st.remove()
-    tt.remove()
-    return inputs
 
 
 # ---- 1. loss values ----------------------------------------------------------------------------
@@ -176,8 +166,8 @@ def test_intra_set_loss_vanishes_when_student_equals_teacher_at_low_temperature(
     x = torch.randn(2, 1600)
     cold = _method(student, teacher, inter_set_fusion=False, temperature=1e-4, **kwargs)
     warm = _method(student, teacher, inter_set_fusion=False, temperature=1.0, **kwargs)
-    cold_loss = cold(_real_inputs(cold, student, teacher, x)).item()
-    warm_loss = warm(_real_inputs(warm, student, teacher, x)).item()
+    cold_loss = cold(kd_inputs(cold, student, teacher, x)).item()
+    warm_loss = warm(kd_inputs(warm, student, teacher, x)).item()
     assert cold_loss < 1e-6
     assert warm_loss > 1e-4  # off-diagonal pairs are real distances: the test can fail
 
@@ -191,13 +181,13 @@ def test_full_method_at_equality_is_only_the_inter_set_term():
     x = torch.randn(2, 1600)
     full = _method(student, teacher, temperature=1e-4)
     inter = _method(student, teacher, temperature=1e-4, intra_set=False)
-    full_loss = full(_real_inputs(full, student, teacher, x)).item()
-    inter_loss = inter(_real_inputs(inter, student, teacher, x)).item()
+    full_loss = full(kd_inputs(full, student, teacher, x)).item()
+    inter_loss = inter(kd_inputs(inter, student, teacher, x)).item()
     assert full_loss == pytest.approx(inter_loss, rel=1e-5, abs=1e-7)
     assert inter_loss > 0
     # the inter-set machinery itself is zero when the fused student set equals the teacher's
     with torch.no_grad():
-        t_in = _real_inputs(full, student, teacher, x)
+        t_in = kd_inputs(full, student, teacher, x)
         reps = [full._teacher_representative([full._mats(t_in.teacher_features[n]) for n in full.t_sets[s]])
                 for s in full.cfg.sets]
     assert full.pair_loss("inter", reps, reps).item() < 1e-6
@@ -211,7 +201,7 @@ def test_gradient_reaches_student_fusion_and_learned_weights_never_teacher(kwarg
     student, teacher = _pair()
     teacher.requires_grad_(True)  # the method itself must detach the teacher's features
     method = _method(student, teacher, **kwargs)
-    inputs = _real_inputs(method, student, teacher, torch.randn(2, 1600), teacher_grad=True)
+    inputs = kd_inputs(method, student, teacher, torch.randn(2, 1600), teacher_grad=True)
     method(inputs).backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.encoder.parameters())
@@ -254,7 +244,7 @@ def test_student_and_teacher_may_differ_in_depth_and_width(fusion, kwargs):
     method = _method(student, teacher, fusion=fusion, **kwargs)
     assert len(method.s_sets["encoder"]) == 2 and len(method.t_sets["encoder"]) == 3
     assert len(method.s_sets["middle"]) == 2 and len(method.t_sets["middle"]) == 3
-    loss = method(_real_inputs(method, student, teacher, torch.randn(2, 1600)))
+    loss = method(kd_inputs(method, student, teacher, torch.randn(2, 1600)))
     assert loss.ndim == 0 and torch.isfinite(loss) and loss.item() > 0
 
 

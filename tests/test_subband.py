@@ -10,9 +10,10 @@ import torch
 
 from kdlib.config import load_config
 from kdlib.errors import ConfigError
-from kdlib.kd import FeatureTaps, KDInputs, build_kd_method
+from kdlib.kd import FeatureTaps, build_kd_method
 from kdlib.losses import CompressedSpectralLoss
 from kdlib.models import build_model, count_params, size_student
+from tests.kd_helpers import kd_inputs
 
 SWEEP = Path(__file__).resolve().parents[1] / "sweeps" / "subband_kd.yaml"
 ELITE = {"n_bands": 4, "hidden": 16, "shared": False}
@@ -54,21 +55,14 @@ def test_shared_student_is_sized_against_the_elite_teachers():
         assert sized.model_args["shared"] is True and sized.model_args["n_bands"] == base["n_bands"]
 
 
-def _inputs(method, student, teacher, x):
-    st, tt = FeatureTaps(student, method.student_taps()), FeatureTaps(teacher, method.teacher_taps())
-    with torch.no_grad():
-        t_out = teacher(x)
-    return KDInputs(x, x, student(x), t_out, dict(st.features), dict(tt.features))
-
-
 def test_subband_kd_zero_at_equality_and_gradient_to_student_only():
     teacher = build_model("subband", ELITE).eval()
     same = copy.deepcopy(teacher)
     method = build_kd_method("subband_kd", same, teacher, {"hidden_weight": 0.5})
-    assert float(method(_inputs(method, same, teacher, torch.randn(1, 4000)))) == pytest.approx(0.0, abs=1e-9)
+    assert float(method(kd_inputs(method, same, teacher, torch.randn(1, 4000)))) == pytest.approx(0.0, abs=1e-9)
     student = build_model("subband", {**ELITE, "shared": True})
     method = build_kd_method("subband_kd", student, teacher)
-    loss = method(_inputs(method, student, teacher, torch.randn(2, 4000)))
+    loss = method(kd_inputs(method, student, teacher, torch.randn(2, 4000)))
     loss.backward()
     assert float(loss) > 0
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
