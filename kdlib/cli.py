@@ -108,6 +108,20 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from kdlib.profile import profile
+
+    rows = profile(args.model, args.ratios, args.seconds, args.repeats)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'model':<24} {'params':>12} {'% teacher':>10} {'MMAC/s':>10} {'RTF (1 thread)':>15}")
+    for r in rows:
+        pct = f"{r['params_pct']:.1f}" if r["params_pct"] is not None else "—"
+        print(f"{r['model']:<24} {r['params']:>12,} {pct:>10} {r['macs'] / 1e6:>10.1f} {r['rtf']:>15.4f}")
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from kdlib.kd import KD_METHODS
 
@@ -189,6 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("input")
     en.add_argument("output")
     en.set_defaults(func=cmd_enhance)
+
+    prof = sub.add_parser("profile", help="params, MACs per second of audio and real-time factor of a model")
+    prof.add_argument("model", help="checkpoint (.pt), model YAML {name, kwargs} or sweep YAML (its teacher)")
+    prof.add_argument("--ratios", type=float, nargs="*", default=[1.0],
+                      help="also profile students at these fractions of the params (YAML input)")
+    prof.add_argument("--seconds", type=float, default=4.0, help="utterance length for the RTF (s)")
+    prof.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported")
+    prof.add_argument("--json", action="store_true")
+    prof.set_defaults(func=cmd_profile)
 
     sub.add_parser("methods", help="list KD methods with their knobs and sources").set_defaults(func=cmd_methods)
     sub.add_parser("models", help="list model families with their size knobs").set_defaults(func=cmd_models)

@@ -4,6 +4,7 @@ Importing this package registers every built-in model family.
 """
 
 from kdlib.models import dpdcrn as _dpdcrn  # noqa: F401  (registers "dpdcrn")
+from kdlib.models import ftjnf as _ftjnf  # noqa: F401  (registers "ftjnf")
 from kdlib.models import subband as _subband  # noqa: F401  (registers "subband")
 from kdlib.models.base import MODELS, SEModel, build_model, count_params, register_model
 from kdlib.models.checkpoint import load_model, read_checkpoint, save_checkpoint

@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from kdlib.models.base import SEModel, count_params
 
 
-def macs_per_second(model: SEModel, sample_rate: int | None = None, n_channels: int = 1) -> int:
+def macs_per_second(model: SEModel, sample_rate: int | None = None, n_channels: int | None = None) -> int:
     """Multiply-accumulates to enhance one second of audio (batch 1, eval mode).
 
     Counted by ``FlopCounterMode`` (FLOPs / 2) on a CPU copy with oneDNN off: CPU LSTMs otherwise
@@ -21,9 +21,11 @@ def macs_per_second(model: SEModel, sample_rate: int | None = None, n_channels: 
     Args:
         model: the model to measure (left untouched).
         sample_rate: Hz; defaults to ``model.sample_rate``.
-        n_channels: microphones for multi-channel input ``(1, M, L)``; 1 gives ``(1, L)``.
+        n_channels: microphones for multi-channel input ``(1, M, L)``; 1 gives ``(1, L)``. Defaults
+            to the model's ``n_channels`` (1 for mono families).
     """
     sr = int(sample_rate or getattr(model, "sample_rate", 16000))
+    n_channels = int(n_channels or getattr(model, "n_channels", 1))
     probe = copy.deepcopy(model).cpu().eval()
     x = torch.randn(1, sr) if n_channels == 1 else torch.randn(1, n_channels, sr)
     with warnings.catch_warnings():
