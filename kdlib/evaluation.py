@@ -43,8 +43,10 @@ def evaluate_model(model: SEModel, corpus: PairedCorpus, pesq_mode: str = "auto"
 
 
 def evaluate_noisy(corpus: PairedCorpus, pesq_mode: str = "auto", num_workers: int = 1) -> MetricSummary:
-    """Scores of the unprocessed noisy input (the floor every model should beat)."""
-    refs, noisy = zip(*[(c, n) for n, c in (corpus.load(i) for i in range(len(corpus)))], strict=True)
+    """Scores of the unprocessed noisy input (the floor every model should beat); for a
+    multi-channel corpus the reference microphone (channel 0) is scored."""
+    refs, noisy = zip(*[(c, n if n.ndim == 1 else n[0]) for n, c in (corpus.load(i) for i in range(len(corpus)))],
+                      strict=True)
     return evaluate_pairs(list(refs), list(noisy), corpus.sample_rate, resolve_pesq_mode(pesq_mode, corpus),
                           num_workers=num_workers)
 

@@ -10,7 +10,9 @@ from kdlib.kd import KD_METHODS, FeatureTaps, KDInputs, build_kd_method
 from kdlib.models import build_model, size_student
 
 FAMILIES = {
+    "dccrn": ({"channels": [6, 8], "rnn_units": 8}, {}),
     "dpdcrn": ({"channels": [6, 8], "rnn_hidden": 8, "n_dilated": 1, "n_dualpath": 1}, {}),
+    "ftjnf": ({"n_channels": 3, "n_lstm_hidden1": 12, "n_lstm_hidden2": 8}, {}),
     "subband": ({"n_bands": 4, "hidden": 12, "shared": False}, {"shared": True}),
 }
 # methods that only make sense for one family
@@ -32,7 +34,8 @@ def test_method_trains_one_step_on_family(family, method):
     kd = build_kd_method(method, student, teacher if KD_METHODS.get(method).needs_teacher else None)
     s_taps = FeatureTaps(student, kd.student_taps())
     t_taps = FeatureTaps(teacher, kd.teacher_taps())
-    x = torch.randn(2, 4000)
+    m = getattr(teacher, "n_channels", 1)
+    x = torch.randn(2, 4000) if m == 1 else torch.randn(2, m, 4000)
     with torch.no_grad():
         t_out = teacher(x)
     s_out = student(x)

@@ -72,6 +72,8 @@ class PairedCorpus:
         sample_rate: expected rate of every file, in Hz.
         layout: one of ``LAYOUTS``.
         check: read headers at construction (800 NOIZEUS pairs take well under a second).
+        channels: expected channel count of the noisy files (1 = mono; e.g. 5 for a cached
+            simulated array set; None = any). Clean files are always mono.
 
     Raises:
         DataError: missing folder, unknown layout, malformed ``pairs.csv``, a noisy file without a
@@ -85,9 +87,11 @@ class PairedCorpus:
         sample_rate: int = 16000,
         layout: str = "auto",
         check: bool = True,
+        channels: int | None = 1,
     ) -> None:
         self.path = Path(path).expanduser().resolve()
         self.sample_rate = int(sample_rate)
+        self.channels = channels
         if layout not in LAYOUTS:
             raise DataError(
                 f"unknown corpus layout '{layout}' for '{self.path}': use one of {', '.join(LAYOUTS)}"
@@ -204,7 +208,7 @@ class PairedCorpus:
     def _check_headers(self) -> None:
         cache: dict[Path, tuple[int, int, int]] = {}  # NOIZEUS shares 25 clean files among 800 pairs
 
-        def info(p: Path) -> tuple[int, int, int]:
+        def info(p: Path, channels: int | None) -> tuple[int, int, int]:
             if p not in cache:
                 cache[p] = audio_info(p)
                 sr, _, ch = cache[p]
@@ -213,12 +217,13 @@ class PairedCorpus:
                         f"audio file '{p}' has sample rate {sr} Hz but the corpus expects "
                         f"{self.sample_rate} Hz: resample it or set sample_rate"
                     )
-                if ch != 1:
-                    raise DataError(f"audio file '{p}' has {ch} channels but mono is expected: downmix it")
+                if channels is not None and ch != channels:
+                    expected = "mono" if channels == 1 else f"{channels} channels"
+                    raise DataError(f"audio file '{p}' has {ch} channels but {expected} is expected")
             return cache[p]
 
         for p in self.pairs:
-            n_noisy, n_clean = info(p.noisy)[1], info(p.clean)[1]
+            n_noisy, n_clean = info(p.noisy, self.channels)[1], info(p.clean, 1)[1]
             if n_noisy != n_clean:
                 raise DataError(
                     f"pair '{p.utt_id}': noisy '{p.noisy}' has {n_noisy} samples but clean '{p.clean}' "
@@ -231,6 +236,7 @@ class PairedCorpus:
     def _from_pairs(cls, parent: PairedCorpus, pairs: list[Pair]) -> PairedCorpus:
         obj = cls.__new__(cls)
         obj.path, obj.sample_rate, obj.layout = parent.path, parent.sample_rate, parent.layout
+        obj.channels = parent.channels
         obj.pairs = pairs
         obj._orig_sr = {p.noisy: parent._orig_sr.get(p.noisy) for p in pairs}
         return obj
@@ -305,18 +311,19 @@ class PairedCorpus:
         """Read pair ``i``.
 
         Returns:
-            ``(noisy, clean)``: float32 ``(L,)`` arrays of equal length L (samples).
+            ``(noisy, clean)``: float32 arrays, noisy ``(L,)`` (mono corpus) or ``(C, L)``
+            (multi-channel corpus), clean ``(L,)``, of equal length L (samples).
 
         Raises:
             DataError: a file is missing/unreadable, not mono, at another rate than ``sample_rate``,
                 or the two lengths differ.
         """
         p = self.pairs[i]
-        noisy = read_audio(p.noisy, self.sample_rate)
+        noisy = read_audio(p.noisy, self.sample_rate, allow_multichannel=self.channels != 1)
         clean = read_audio(p.clean, self.sample_rate)
-        if noisy.shape != clean.shape:
+        if noisy.shape[-1] != clean.shape[0]:
             raise DataError(
-                f"pair '{p.utt_id}': noisy '{p.noisy}' has {noisy.shape[0]} samples but clean '{p.clean}' "
+                f"pair '{p.utt_id}': noisy '{p.noisy}' has {noisy.shape[-1]} samples but clean '{p.clean}' "
                 f"has {clean.shape[0]}: the files of a pair must be of equal length"
             )
         return noisy, clean
