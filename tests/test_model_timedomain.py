@@ -8,8 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kdlib.models.convtasnet  # noqa: F401  (registers "convtasnet" until kdlib.models imports it)
-import kdlib.models.dptnet  # noqa: F401  (registers "dptnet")
 from kdlib.errors import ConfigError
 from kdlib.kd import KD_METHODS, FeatureTaps, KDInputs, build_kd_method
 from kdlib.kd.hooks import probe_feature_shapes

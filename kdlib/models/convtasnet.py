@@ -190,7 +190,7 @@ class ConvTasNet(SEModel):
         bn_chan: B, bottleneck (residual-path) channels of the TCN (128).
         hid_chan: H, channels inside each conv block (512).
         skip_chan: Sc, skip-connection channels (128); 0 = no skip path, the mask comes from the
-            residual stream (the paper's v1 network).
+            residual stream (per asteroid, the network of the paper's first arXiv version).
         conv_kernel: P, depthwise conv kernel (3); odd so "same" padding keeps T.
         n_blocks: X, conv blocks per repeat, dilations 1, 2, ..., 2^(X−1) (8).
         n_repeats: R, repeats of the X blocks (3).
@@ -309,7 +309,8 @@ class ConvTasNet(SEModel):
         down to 1 % of the full-width params), then fewer blocks: every (R', X') with
         R'·X' < R·X, fewest removed blocks first, X reduced before R."""
         widths = {k: int(args.get(k, _DEFAULTS[k])) for k in ("n_filters", "bn_chan", "hid_chan", "skip_chan")}
-        reps, blocks = int(args.get("n_repeats", 3)), int(args.get("n_blocks", 8))
+        reps = int(args.get("n_repeats", _DEFAULTS["n_repeats"]))
+        blocks = int(args.get("n_blocks", _DEFAULTS["n_blocks"]))
         depths = sorted(((r, x) for r in range(1, reps + 1) for x in range(1, blocks + 1)),
                         key=lambda d: (reps * blocks - d[0] * d[1], reps - d[0]))
         for r, x in depths:
