@@ -32,7 +32,8 @@ import torch
 from scipy import fft as sp_fft
 from torch.utils.data import Dataset
 
-from kdlib.data.audio import audio_info, read_audio, write_audio
+from kdlib.data.audio import audio_info, write_audio
+from kdlib.data.mixing import SourcePool
 from kdlib.errors import DataError
 
 LAYOUTS = ("circular", "linear")
@@ -40,8 +41,6 @@ TARGETS = ("direct", "early")
 SNR_REFERENCES = ("reverberant", "target")
 
 _PEAK = 0.99  # keep mixtures below full scale (16-bit export, no clipping)
-_MAX_TRIES = 10  # re-draws of near-silent speech / all-zero noise segments
-_SILENT_REL_DB = -30.0  # a speech segment this far below its file's mean power counts as near-silent
 _PLACE_TRIES = 200  # rejection-sampling tries per source position
 _LAYOUT_TRIES = 20  # re-draws of the array position when a source cannot be placed
 
@@ -357,10 +356,6 @@ class ArrayMixer(Dataset):
                     f"ArrayMixer: rt60_s low end {rt60[0]} s is unreachable in a {tuple(dims[0])} m room "
                     "(Sabine absorption > 1): raise rt60_s or shrink room_dim_m"
                 ) from None
-        if len(speech_files) == 0:
-            raise DataError("ArrayMixer: speech_files is empty: pass clean speech files (list_speech)")
-        if len(noise_files) == 0:
-            raise DataError("ArrayMixer: noise_files is empty: pass noise files (list_noise)")
         self.sample_rate = int(sample_rate)
         self.segment_seconds = float(segment_seconds)
         self.segment_length = round(self.segment_seconds * self.sample_rate)
@@ -382,17 +377,8 @@ class ArrayMixer(Dataset):
         self.num_items = int(num_items)
         self.seed = int(seed)
         self.epoch = 0
-        self.speech_files = [Path(p) for p in speech_files]
-        self.noise_files = [Path(p) for p in noise_files]
-        self._speech = [self._load(p, "speech") for p in self.speech_files]
-        self._noise = [self._load(p, "noise") for p in self.noise_files]
-        self._speech_power = [float(np.mean(np.square(x, dtype=np.float64))) for x in self._speech]
-
-    def _load(self, path: Path, kind: str) -> np.ndarray:
-        wav = read_audio(path, self.sample_rate)
-        if wav.size == 0 or not np.any(wav):
-            raise DataError(f"{kind} file '{path}' is empty or all zeros: remove it from the {kind} list")
-        return wav
+        self.pool = SourcePool(speech_files, noise_files, self.sample_rate, "ArrayMixer")
+        self.speech_files, self.noise_files = self.pool.speech_files, self.pool.noise_files
 
     def config(self) -> dict[str, Any]:
         """The parameters that determine the draws (JSON-serialisable; files as ``<folder>/<name>``, so a
@@ -453,45 +439,11 @@ class ArrayMixer(Dataset):
             f"{tuple(room.round(2))} m room: lower min_source_dist_m or enlarge room_dim_m"
         )
 
-    def _speech_segment(self, rng: np.random.Generator, n: int, tail: int) -> tuple[np.ndarray, int]:
-        """``n`` samples of speech; the silence check uses the last ``tail`` samples (the aligned output)."""
-        best, best_k, best_power = None, -1, -1.0
-        for _ in range(_MAX_TRIES):
-            k = int(rng.integers(len(self._speech)))
-            wav = self._speech[k]
-            if wav.size >= n:
-                start = int(rng.integers(wav.size - n + 1))
-                seg = wav[start : start + n].astype(np.float64)
-            else:
-                seg = np.zeros(n)
-                off = int(rng.integers(n - wav.size + 1))
-                seg[off : off + wav.size] = wav
-            power = float(np.mean(np.square(seg[n - tail :])))
-            if power > best_power:
-                best, best_k, best_power = seg, k, power
-            if power >= self._speech_power[k] * 10.0 ** (_SILENT_REL_DB / 10.0):
-                break
-        assert best is not None
-        if best_power == 0.0:
-            raise DataError(f"speech file '{self.speech_files[best_k]}' gave only silent segments: remove it")
-        return best, best_k
-
     def _noise_segment(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, int]:
-        """``n`` samples of noise at unit mean power (short files are looped from a random phase)."""
-        for _ in range(_MAX_TRIES):
-            k = int(rng.integers(len(self._noise)))
-            wav = self._noise[k]
-            if wav.size >= n:
-                start = int(rng.integers(wav.size - n + 1))
-                seg = wav[start : start + n].astype(np.float64)
-            else:
-                seg = wav[(int(rng.integers(wav.size)) + np.arange(n)) % wav.size].astype(np.float64)
-            power = float(np.mean(np.square(seg)))
-            if power > 0.0:
-                return seg / math.sqrt(power), k
-        raise DataError(
-            f"noise file '{self.noise_files[k]}' gave an all-zero segment {_MAX_TRIES} times: remove silent noise files"
-        )
+        """``n`` samples of noise at unit mean power (float64 ``(n,)``) and the file index."""
+        seg, k = self.pool.noise_segment(rng, n)
+        seg = seg.astype(np.float64)
+        return seg / math.sqrt(float(np.mean(np.square(seg)))), k
 
     def draw(self, i: int) -> dict[str, Any]:
         """Draw item ``i`` of the current epoch.
@@ -546,7 +498,9 @@ class ArrayMixer(Dataset):
         # "valid" convolutions by circular convolution of length nfft >= n: outputs K-1 .. n-1 are exact
         n = L + K - 1
         nfft = sp_fft.next_fast_len(n, real=True)
-        speech, k_speech = self._speech_segment(rng, n, L)
+        # the silence check looks at the last L samples: the part aligned with the output
+        speech, k_speech = self.pool.speech_segment(rng, n, L)
+        speech = speech.astype(np.float64)
         spec_s = sp_fft.rfft(speech, nfft)
         spec_h = sp_fft.rfft(rirs, nfft, axis=-1)  # (S, M, F)
         speech_img = sp_fft.irfft(spec_s * spec_h[0], nfft, axis=-1)[:, K - 1 : n]  # (M, L)

@@ -58,6 +58,93 @@ def mix_at_snr(clean: np.ndarray, noise: np.ndarray, snr_db: float) -> tuple[np.
     return (c + scaled).astype(out_dtype), scaled.astype(out_dtype)
 
 
+class SourcePool:
+    """Clean speech and noise recordings, loaded once, from which mixers draw random segments.
+
+    Shared by :class:`SpeechNoiseMixer` (mono mixes) and ``kdlib.data.array.ArrayMixer`` (simulated
+    arrays) so both draw segments the same way from the same random stream.
+
+    Args:
+        speech_files, noise_files: wav/flac files (mono) at ``sample_rate`` Hz.
+        sample_rate: Hz.
+        owner: the mixer's name, for error messages.
+
+    Raises:
+        DataError: an empty list, or a file that is empty, all zeros or at another rate.
+    """
+
+    def __init__(self, speech_files: Sequence[Path], noise_files: Sequence[Path], sample_rate: int,
+                 owner: str) -> None:
+        if len(speech_files) == 0:
+            raise DataError(f"{owner}: speech_files is empty: pass clean speech files (list_speech)")
+        if len(noise_files) == 0:
+            raise DataError(f"{owner}: noise_files is empty: pass noise files (see list_noise)")
+        self.sample_rate = int(sample_rate)
+        self.speech_files = [Path(p) for p in speech_files]
+        self.noise_files = [Path(p) for p in noise_files]
+        self._speech = [self._load(p, "speech") for p in self.speech_files]
+        self._noise = [self._load(p, "noise") for p in self.noise_files]
+        self._speech_power = [float(np.mean(np.square(x, dtype=np.float64))) for x in self._speech]
+
+    def _load(self, path: Path, kind: str) -> np.ndarray:
+        wav = read_audio(path, self.sample_rate)
+        if wav.size == 0 or not np.any(wav):
+            raise DataError(f"{kind} file '{path}' is empty or all zeros: remove it from the {kind} list")
+        return wav
+
+    def speech_segment(self, rng: np.random.Generator, n: int, tail: int | None = None) -> tuple[np.ndarray, int]:
+        """``n`` samples (float32 ``(n,)``) of a random speech file and its index; a file shorter than
+        ``n`` is zero-padded at a random offset. Near-silent draws (judged on the last ``tail``
+        samples, default all) are re-drawn up to ``_MAX_TRIES`` times and the loudest is kept.
+
+        Raises:
+            DataError: every draw was silent.
+        """
+        tail = n if tail is None else tail
+        best, best_k, best_power = None, -1, -1.0
+        for _ in range(_MAX_TRIES):
+            k = int(rng.integers(len(self._speech)))
+            wav = self._speech[k]
+            if wav.size >= n:
+                start = int(rng.integers(wav.size - n + 1))
+                seg = wav[start : start + n].copy()
+            else:
+                seg = np.zeros(n, dtype=np.float32)
+                off = int(rng.integers(n - wav.size + 1))
+                seg[off : off + wav.size] = wav
+            power = float(np.mean(np.square(seg[n - tail :], dtype=np.float64)))
+            if power > best_power:
+                best, best_k, best_power = seg, k, power
+            if power >= self._speech_power[k] * 10.0 ** (_SILENT_REL_DB / 10.0):
+                break
+        assert best is not None
+        if best_power == 0.0:
+            raise DataError(f"speech file '{self.speech_files[best_k]}' gave only silent segments: remove it")
+        return best, best_k
+
+    def noise_segment(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, int]:
+        """``n`` samples (float32 ``(n,)``) of a random noise file, not all zero, and its index; a short
+        file is looped from a random phase.
+
+        Raises:
+            DataError: all-zero segments ``_MAX_TRIES`` times.
+        """
+        for _ in range(_MAX_TRIES):
+            k = int(rng.integers(len(self._noise)))
+            wav = self._noise[k]
+            if wav.size >= n:
+                start = int(rng.integers(wav.size - n + 1))
+                seg = wav[start : start + n]
+            else:
+                seg = wav[(int(rng.integers(wav.size)) + np.arange(n)) % wav.size]
+            if np.any(seg):
+                return seg, k
+        raise DataError(
+            f"noise file '{self.noise_files[k]}' gave an all-zero segment {_MAX_TRIES} times: "
+            "remove silent noise files"
+        )
+
+
 class SpeechNoiseMixer(Dataset):
     """Random noisy/clean segments mixed on the fly from clean speech and noise files.
 
@@ -114,10 +201,6 @@ class SpeechNoiseMixer(Dataset):
             raise ValueError(f"SpeechNoiseMixer: num_segments must be >= 1, got {num_segments}")
         if seed < 0:
             raise ValueError(f"SpeechNoiseMixer: seed must be >= 0, got {seed}")
-        if len(speech_files) == 0:
-            raise DataError("SpeechNoiseMixer: speech_files is empty: pass clean speech files (list_speech)")
-        if len(noise_files) == 0:
-            raise DataError("SpeechNoiseMixer: noise_files is empty: pass noise files (see list_noise)")
         self.sample_rate = int(sample_rate)
         self.segment_seconds = float(segment_seconds)
         self.segment_length = round(self.segment_seconds * self.sample_rate)
@@ -127,17 +210,8 @@ class SpeechNoiseMixer(Dataset):
         self.num_segments = int(num_segments)
         self.seed = int(seed)
         self.epoch = 0
-        self.speech_files = [Path(p) for p in speech_files]
-        self.noise_files = [Path(p) for p in noise_files]
-        self._speech = [self._load(p, "speech") for p in self.speech_files]
-        self._noise = [self._load(p, "noise") for p in self.noise_files]
-        self._speech_power = [float(np.mean(np.square(x, dtype=np.float64))) for x in self._speech]
-
-    def _load(self, path: Path, kind: str) -> np.ndarray:
-        wav = read_audio(path, self.sample_rate)
-        if wav.size == 0 or not np.any(wav):
-            raise DataError(f"{kind} file '{path}' is empty or all zeros: remove it from the {kind} list")
-        return wav
+        self.pool = SourcePool(speech_files, noise_files, self.sample_rate, "SpeechNoiseMixer")
+        self.speech_files, self.noise_files = self.pool.speech_files, self.pool.noise_files
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch (non-negative int) whose draws ``__getitem__`` returns."""
@@ -147,46 +221,6 @@ class SpeechNoiseMixer(Dataset):
 
     def __len__(self) -> int:
         return self.num_segments
-
-    def _speech_segment(self, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-        L = self.segment_length
-        best, best_k, best_power = None, -1, -1.0
-        for _ in range(_MAX_TRIES):
-            k = int(rng.integers(len(self._speech)))
-            wav = self._speech[k]
-            if wav.size >= L:
-                start = int(rng.integers(wav.size - L + 1))
-                seg = wav[start : start + L].copy()
-            else:
-                seg = np.zeros(L, dtype=np.float32)
-                off = int(rng.integers(L - wav.size + 1))
-                seg[off : off + wav.size] = wav
-            power = float(np.mean(np.square(seg, dtype=np.float64)))
-            if power > best_power:
-                best, best_k, best_power = seg, k, power
-            if power >= self._speech_power[k] * 10.0 ** (_SILENT_REL_DB / 10.0):
-                break
-        assert best is not None
-        return best, best_k
-
-    def _noise_segment(self, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-        L = self.segment_length
-        for _ in range(_MAX_TRIES):
-            k = int(rng.integers(len(self._noise)))
-            wav = self._noise[k]
-            if wav.size >= L:
-                start = int(rng.integers(wav.size - L + 1))
-                seg = wav[start : start + L]
-            else:
-                # loop the short file from a random phase
-                idx = (int(rng.integers(wav.size)) + np.arange(L)) % wav.size
-                seg = wav[idx]
-            if np.any(seg):
-                return seg, k
-        raise DataError(
-            f"noise file '{self.noise_files[k]}' gave an all-zero segment {_MAX_TRIES} times: "
-            "remove silent noise files"
-        )
 
     def draw(self, i: int) -> dict[str, Any]:
         """Draw item ``i`` of the current epoch.
@@ -202,15 +236,10 @@ class SpeechNoiseMixer(Dataset):
             raise IndexError(f"SpeechNoiseMixer index {i} out of range for {self.num_segments} segments")
         i = int(i) % self.num_segments
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        clean, k_speech = self._speech_segment(rng)
-        noise, k_noise = self._noise_segment(rng)
+        clean, k_speech = self.pool.speech_segment(rng, self.segment_length)
+        noise, k_noise = self.pool.noise_segment(rng, self.segment_length)
         snr = float(rng.uniform(self.snr_db[0], self.snr_db[1]))
-        try:
-            noisy, _ = mix_at_snr(clean, noise, snr)
-        except DataError:
-            raise DataError(
-                f"speech file '{self.speech_files[k_speech]}' gave only silent segments: remove it"
-            ) from None
+        noisy, _ = mix_at_snr(clean, noise, snr)  # the pool never returns silent speech or noise
         peak = float(np.max(np.abs(noisy)))
         if peak > _PEAK:
             g = np.float32(_PEAK / peak)
