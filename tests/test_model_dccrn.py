@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import kdlib.models.dccrn as dccrn_mod  # registers "dccrn" (also imported by kdlib.models once registered)
 from kdlib.errors import ConfigError
-from kdlib.kd import KD_METHODS, FeatureTaps, KDInputs, build_kd_method
+from kdlib.kd import FeatureTaps
 from kdlib.kd.hooks import probe_feature_shapes
 from kdlib.models import build_model, count_params, load_model, macs_per_second, save_checkpoint, size_student
 
@@ -205,38 +205,6 @@ def test_checkpoint_round_trip_rebuilds_identical_outputs(tmp_path, kwargs):
         assert torch.equal(model(x), rebuilt(x))
     assert rebuilt.get_model_args() == model.get_model_args() and meta == {"method": "none"}
     torch.load(path, weights_only=True)
-
-
-@pytest.fixture(scope="module")
-def student_args():
-    return size_student("dccrn", TEACHER, 0.25).model_args
-
-
-@pytest.mark.parametrize("method", [m for m in KD_METHODS.names() if m != "exploding"])
-def test_kd_method_trains_one_step(method, student_args):
-    torch.manual_seed(0)
-    teacher = build_model("dccrn", TEACHER).eval().requires_grad_(False)
-    student = build_model("dccrn", student_args)
-    if method == "subband_kd":  # sub-band KD needs the sub-band family
-        with pytest.raises(ConfigError):
-            build_kd_method(method, student, teacher)
-        return
-    kd = build_kd_method(method, student, teacher if KD_METHODS.get(method).needs_teacher else None)
-    s_taps = FeatureTaps(student, kd.student_taps())
-    t_taps = FeatureTaps(teacher, kd.teacher_taps())
-    x = _wav(4000)
-    with torch.no_grad():
-        t_out = teacher(x)
-    s_out = student(x)
-    loss = kd(KDInputs(x, x, s_out, t_out, dict(s_taps.features), dict(t_taps.features)))
-    assert torch.isfinite(loss)
-    if method == "none":
-        return
-    opt = torch.optim.Adam([*student.parameters(), *kd.parameters()], lr=1e-3)
-    before = [p.detach().clone() for p in student.parameters()]
-    (loss + 0.0 * s_out.sum()).backward()
-    opt.step()
-    assert any(not torch.equal(b, p) for b, p in zip(before, student.parameters(), strict=True))
 
 
 def _expected_macs(channels, rnn_units, rnn_layers, use_clstm, sr=16000, hop=100, n_fft=512, k=(5, 2)):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kdlib.errors import ConfigError
-from kdlib.kd import KD_METHODS, FeatureTaps, KDInputs, build_kd_method
+from kdlib.kd import FeatureTaps
 from kdlib.kd.hooks import probe_feature_shapes
 from kdlib.models import build_model, count_params, load_model, macs_per_second, save_checkpoint, size_student
 from kdlib.models.ftjnf import decompress_cirm
@@ -188,33 +188,6 @@ def test_official_cirm_decompression():
     # saturated tanh stays finite
     re, im = decompress_cirm(torch.tensor([[[[1.0, -1.0]], [[0.0, 1.0]]]]))  # y = 1 and y = −1 + j
     assert torch.isfinite(re).all() and torch.isfinite(im).all()
-
-
-@pytest.mark.parametrize("method", [m for m in KD_METHODS.names() if m != "exploding"])
-def test_kd_method_trains_one_step(method):
-    torch.manual_seed(0)
-    teacher = build_model("ftjnf", TEACHER).eval().requires_grad_(False)
-    student = build_model("ftjnf", size_student("ftjnf", TEACHER, 0.25).model_args)
-    if method == "subband_kd":  # sub-band KD needs the sub-band family
-        with pytest.raises(ConfigError):
-            build_kd_method(method, student, teacher)
-        return
-    kd = build_kd_method(method, student, teacher if KD_METHODS.get(method).needs_teacher else None)
-    s_taps = FeatureTaps(student, kd.student_taps())
-    t_taps = FeatureTaps(teacher, kd.teacher_taps())
-    x = _wav(5, 4000)
-    with torch.no_grad():
-        t_out = teacher(x)
-    s_out = student(x)
-    loss = kd(KDInputs(x, x[:, 0], s_out, t_out, dict(s_taps.features), dict(t_taps.features)))
-    assert torch.isfinite(loss)
-    if method == "none":
-        return
-    opt = torch.optim.Adam([*student.parameters(), *kd.parameters()], lr=1e-3)
-    before = [p.detach().clone() for p in student.parameters()]
-    (loss + 0.0 * s_out.sum()).backward()
-    opt.step()
-    assert any(not torch.equal(b, p) for b, p in zip(before, student.parameters(), strict=True))
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])

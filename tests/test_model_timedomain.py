@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from kdlib.errors import ConfigError
-from kdlib.kd import KD_METHODS, FeatureTaps, KDInputs, build_kd_method
 from kdlib.kd.hooks import probe_feature_shapes
 from kdlib.models import MODELS, build_model, count_params, load_model, macs_per_second, save_checkpoint, size_student
 from kdlib.models.convtasnet import frame_padding
@@ -133,43 +132,6 @@ def test_checkpoint_round_trip(family, tmp_path):
     assert meta == {"note": "test"} and loaded.get_model_args() == model.get_model_args()
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
-
-
-# mask_matching needs a "mask" tap; these families expose none (a mask on a learned basis of
-# N filters does not transfer across sizes), so it is refused. subband_kd is the sub-band family's.
-REFUSED = {"mask_matching", "subband_kd"}
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("method", [m for m in KD_METHODS.names() if m != "exploding"])
-def test_kd_method_trains_one_step(family, method):
-    torch.manual_seed(0)
-    teacher = _small(family).eval().requires_grad_(False)
-    student = build_model(family, dict(_student_args(family)))
-    if method in REFUSED:
-        with pytest.raises(ConfigError):
-            build_kd_method(method, student, teacher)
-        return
-    kd = build_kd_method(method, student, teacher if KD_METHODS.get(method).needs_teacher else None)
-    s_taps, t_taps = FeatureTaps(student, kd.student_taps()), FeatureTaps(teacher, kd.teacher_taps())
-    x = torch.randn(2, 4000)
-    with torch.no_grad():
-        t_out = teacher(x)
-    s_out = student(x)
-    loss = kd(KDInputs(x, x, s_out, t_out, dict(s_taps.features), dict(t_taps.features)))
-    assert torch.isfinite(loss)
-    if method == "none":
-        return
-    if method == "ss_wideband" and family == "convtasnet":
-        # (B, C, T, 1) taps: each frame's frequency self-similarity is the 1x1 matrix [1], for
-        # student and teacher alike, so the loss is 0 (up to rounding) and carries no gradient
-        assert loss.abs() < 1e-6
-        return
-    opt = torch.optim.Adam([*student.parameters(), *kd.parameters()], lr=1e-3)
-    before = [p.detach().clone() for p in student.parameters()]
-    (loss + 0.0 * s_out.sum()).backward()
-    opt.step()
-    assert any(not torch.equal(b, p) for b, p in zip(before, student.parameters(), strict=True))
 
 
 @pytest.mark.parametrize(("family", "bad", "arg"), [
