@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -27,16 +26,6 @@ from kdlib.data import (
 from kdlib.errors import DataError
 
 SR = 16000
-# repo root's sibling shared/data, unless KDLIB_DATA says otherwise
-_SHARED = Path(os.environ.get("KDLIB_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
-
-
-@pytest.fixture(scope="module")
-def data_root() -> Path:
-    if not _SHARED.is_dir():
-        pytest.skip(f"shared data root {_SHARED} not found: set KDLIB_DATA to run the real-data tests")
-    return _SHARED
-
 
 def _tone(n: int, freq: float = 440.0, amp: float = 0.3, sr: int = SR) -> np.ndarray:
     return (amp * np.sin(2 * np.pi * freq * np.arange(n) / sr)).astype(np.float32)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import tarfile
 import zipfile
 from pathlib import Path
@@ -26,16 +25,13 @@ from kdlib.data.l3das import L3DAS23Corpus, extract_archive
 from kdlib.errors import DataError
 
 SR = 16000
-_SHARED = Path(os.environ.get("KDLIB_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 
 @pytest.fixture(scope="module")
-def shared_files() -> tuple[list[Path], list[Path]]:
+def shared_files(data_root: Path) -> tuple[list[Path], list[Path]]:
     """A few real clean speech files (one per speaker folder, 8 speakers) and real noise files."""
-    if not (_SHARED / "speech").is_dir() or not (_SHARED / "noise").is_dir():
-        pytest.skip(f"shared speech/noise not found under {_SHARED}: set KDLIB_DATA to run the real-data tests")
-    speech = [files[0] for files in list(list_speech(_SHARED).values())[::20]][:8]
-    noise = list_noise(_SHARED)[::17]
+    speech = [files[0] for files in list(list_speech(data_root).values())[::20]][:8]
+    noise = list_noise(data_root)[::17]
     return speech, noise
 
 

@@ -6,7 +6,6 @@ The data root is ``$KDLIB_DATA`` or ``<repo>/../shared/data``; tests that need i
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from pathlib import Path
 
@@ -30,10 +29,10 @@ from kdlib.metrics import (
     si_sdr_torch,
     stoi_score,
 )
+from tests.conftest import SHARED_DATA
 
-DATA_ROOT = Path(os.environ.get("KDLIB_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-VB = DATA_ROOT / "vb_demand"
-NOIZEUS = DATA_ROOT / "noizeus"
+VB = SHARED_DATA / "vb_demand"
+NOIZEUS = SHARED_DATA / "noizeus"
 SR = 16000
 
 needs_vb = pytest.mark.skipif(
