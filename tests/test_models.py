@@ -55,10 +55,16 @@ def test_size_builder_refuses_impossible_ratio(ratio):
 
 
 def test_size_builder_reduces_depth_only_when_widths_cannot_fit():
-    # a tiny teacher whose fixed per-block cost makes 4 % unreachable by widths alone at min width 2
-    sized = size_student("dpdcrn", {"channels": [4, 4], "rnn_hidden": 4, "n_dilated": 2, "n_dualpath": 2}, 0.3)
-    assert sized.depth_reduction >= 0
-    assert abs(sized.achieved_ratio - 0.3) <= 0.03
+    tiny = {"channels": [4, 4], "rnn_hidden": 4, "n_dilated": 2, "n_dualpath": 2}
+    # 50 %: width 3 lands within ±10 %, so every block stays
+    half = size_student("dpdcrn", tiny, 0.5)
+    assert half.depth_reduction == 0 and half.model_args["channels"] == [3, 3]
+    assert (half.model_args["n_dilated"], half.model_args["n_dualpath"]) == (2, 2)
+    # 90 %: the next integer width down is ~54 %, so no width-only config fits and a block goes
+    most = size_student("dpdcrn", tiny, 0.9)
+    assert most.depth_reduction > 0
+    assert most.model_args["n_dilated"] + most.model_args["n_dualpath"] < 4
+    assert abs(most.achieved_ratio - 0.9) <= 0.09
 
 
 class _Conv(SEModel):

@@ -141,17 +141,19 @@ class Trainer:
             kd = self.kd(KDInputs(noisy, clean, student_out, teacher_out, self.student_taps.features,
                                   self.teacher_taps.features if self.teacher_taps else {}))
             loss = task_weight * task + kd_weight * kd
-            if not torch.isfinite(loss):
+            # one host-device sync per batch for the NaN check and the running totals
+            loss_v, task_v, kd_v = torch.stack([loss.detach(), task.detach(), kd.detach().float()]).tolist()
+            if not math.isfinite(loss_v):
                 raise FloatingPointError(
-                    f"{self.spec.label()}: loss became {loss.item()} at epoch {self.epoch + 1}, batch {i + 1}"
+                    f"{self.spec.label()}: loss became {loss_v} at epoch {self.epoch + 1}, batch {i + 1}"
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.training.grad_clip)
             self.optimizer.step()
-            totals["train_loss"] += loss.item()
-            totals["task_loss"] += task.item()
-            totals["kd_loss"] += kd.item()
+            totals["train_loss"] += loss_v
+            totals["task_loss"] += task_v
+            totals["kd_loss"] += kd_v
             if (i + 1) % max(1, n_batches // 4) == 0 and i + 1 < n_batches:
                 elapsed = time.perf_counter() - start
                 self.log(f"[{self.spec.label()}] epoch {self.epoch + 1}/{self.epochs} batch {i + 1}/{n_batches} "
