@@ -26,7 +26,7 @@ def setup(data_root):
     cfg.data.train.segments_per_epoch = 4
     cfg.data.train.segment_seconds = 0.5
     torch.set_num_threads(1)
-    return cfg, build_sweep_data(cfg.data, seed=0)
+    return cfg, build_sweep_data(cfg, seed=0)
 
 
 def test_validation_and_test_speakers_never_train(setup):

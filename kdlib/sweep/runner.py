@@ -13,7 +13,7 @@ from ray.tune import Callback
 
 from kdlib.config import SweepConfig
 from kdlib.evaluation import resolve_pesq_mode
-from kdlib.train.datasets import paired_split
+from kdlib.train.datasets import eval_sets
 from kdlib.train.teacher import ensure_teacher
 
 METRIC, MODE = "val_si_sdr", "max"
@@ -103,8 +103,7 @@ def run_sweep(cfg: SweepConfig, smoke: bool = False, report: bool = True) -> Swe
     out = cfg.output_path()
     out.mkdir(parents=True, exist_ok=True)
     # fail fast on data and tracking before anything expensive
-    test = paired_split(cfg.data, cfg.data.test)
-    paired_split(cfg.data, cfg.data.valid)
+    _, test = eval_sets(cfg)
     pesq_mode = resolve_pesq_mode(cfg.data.test.pesq_mode, test)
     client = client_for(cfg)
     exp_id = experiment_id(client, cfg)

@@ -51,7 +51,7 @@ def kd_trial(config: dict[str, Any], cfg: SweepConfig, teacher_path: str) -> Non
     family, base_args = cfg.student_base(spec.student, teacher.get_model_args())
     sized = size_student(family, teacher.get_model_args(), spec.student_ratio, cfg.training.size_tolerance,
                          base_args=base_args, teacher_name=cfg.teacher.model.name)
-    data = build_sweep_data(cfg.data, seed=spec.seed)
+    data = build_sweep_data(cfg, seed=spec.seed)
     trainer = Trainer(cfg, spec, sized.model_args, data, teacher, device, model_name=family)
     figures = {**trainer.complexity(count_params(teacher)), "achieved_ratio": sized.achieved_ratio}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdlib.config import DataConfig, PairedConfig
+from kdlib.config import DataConfig, PairedConfig, SweepConfig
 from kdlib.data import (
     PairedCorpus,
     SpeechNoiseMixer,
@@ -40,14 +40,26 @@ def paired_split(cfg: DataConfig, split: PairedConfig) -> PairedCorpus:
     return corpus.subset(split.speakers, split.max_utterances)
 
 
-def build_sweep_data(cfg: DataConfig, seed: int = 0) -> SweepData:
+def eval_sets(sweep: SweepConfig) -> tuple[PairedCorpus, PairedCorpus]:
+    """The sweep's ``(valid, test)`` corpora. The driver calls this before any trial starts, so
+    data problems stop the sweep before work is wasted.
+
+    Raises:
+        DataError: missing corpus, unpaired/unequal files, wrong sample rate, or no utterance left.
+    """
+    cfg = sweep.data
+    return paired_split(cfg, cfg.valid), paired_split(cfg, cfg.test)
+
+
+def build_sweep_data(sweep: SweepConfig, seed: int = 0) -> SweepData:
     """Training mixes from ``speech/`` + ``noise/`` with every validation/test speaker left out.
 
     Raises:
         DataError: missing data root or folders, or no training speaker left after exclusion.
     """
+    cfg = sweep.data
     root = resolve_data_root(cfg.root)
-    valid, test = paired_split(cfg, cfg.valid), paired_split(cfg, cfg.test)
+    valid, test = eval_sets(sweep)
     held_out = set(valid.speakers()) | set(test.speakers()) | set(cfg.train.exclude_speakers)
     speech = list_speech(root, cfg.train.speech)
     train_speakers = [s for s in speech if not any(speaker_matches(s, h) for h in held_out)]

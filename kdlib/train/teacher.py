@@ -34,7 +34,7 @@ def train_teacher(cfg: SweepConfig, path: str | Path | None = None, data: SweepD
     path = Path(path or cfg.teacher_path())
     device = resolve_device(cfg.training.device)
     torch.set_num_threads(cfg.teacher.threads)
-    data = data or build_sweep_data(cfg.data, seed=0)
+    data = data or build_sweep_data(cfg, seed=0)
     spec = TrialSpec("none", 1.0, seed=0, lr=cfg.teacher.lr, kd_weight=0.0)
     trainer = Trainer(cfg, spec, cfg.teacher.model.kwargs, data, None, device,
                       epochs=cfg.teacher.epochs, batch_size=cfg.teacher.batch_size,
