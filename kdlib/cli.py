@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from kdlib.errors import KdlibError
+from kdlib.errors import ConfigError, KdlibError
 
 
 def _default_output() -> Path:
@@ -54,10 +54,17 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     from kdlib.train.teacher import train_teacher
 
     cfg = load_config(args.sweep, smoke=args.smoke_test, overrides=args.set)
-    meta = train_teacher(cfg, args.out)
+    names = [args.teacher] if args.teacher else cfg.teacher_names()
+    if args.teacher and args.teacher not in cfg.teachers:
+        declared = ", ".join(cfg.teachers) or "none declared"
+        raise ConfigError(f"--teacher: no teacher '{args.teacher}' under teachers ({declared})")
+    if args.out and len(names) > 1:
+        raise ConfigError(f"--out: this sweep has {len(names)} teachers; pick one with --teacher")
     keys = ("params", "macs", "val_si_sdr", "test_pesq", "test_stoi", "test_estoi", "test_si_sdr",
             "noisy_pesq", "noisy_stoi", "noisy_estoi", "noisy_si_sdr", "train_seconds", "audio_seconds_per_second")
-    print(json.dumps({k: meta.get(k) for k in keys}, indent=2))
+    for name in names:
+        meta = train_teacher(cfg, args.out, name=name)
+        print(json.dumps({"teacher": name, **{k: meta.get(k) for k in keys}}, indent=2))
     return 0
 
 
@@ -174,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     tt = sub.add_parser("train-teacher", help="train and save the sweep's teacher")
     tt.add_argument("sweep")
     tt.add_argument("--out", help="checkpoint path (default: the sweep's teacher path)")
+    tt.add_argument("--teacher", help="one of the sweep's named teachers (default: all of them)")
     tt.add_argument("--smoke-test", action="store_true")
     tt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     tt.set_defaults(func=cmd_train_teacher)

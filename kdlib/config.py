@@ -74,6 +74,8 @@ class StudentSpec(_Strict):
 
 
 class TeacherConfig(_Strict):
+    """The teacher network and how it is trained (once per sweep, shared by every trial)."""
+
     model: ModelNode = Field(default_factory=ModelNode)
     checkpoint: str | None = None
     epochs: int = Field(6, ge=1)
@@ -129,6 +131,8 @@ class SearchConfig(_Strict):
     seed: list[int] = Field(default_factory=lambda: [0], min_length=1)
     #: named students (from ``students:``); empty = every declared student, or the teacher's family
     student: list[str] = Field(default_factory=list)
+    #: named teachers (from ``teachers:``); empty = every declared teacher
+    teacher: list[str] = Field(default_factory=list)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     #: named KD-kwarg overrides swept as one grid dimension ``variant`` (ablations: one knob off at a time)
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -138,12 +142,14 @@ class SearchConfig(_Strict):
     exclude: list[dict[str, Any]] = Field(default_factory=list)
 
     def dims(self) -> dict[str, list[Any]]:
-        """Grid dimensions: method, student_ratio, seed, ``grid`` keys, ``variant``, ``student``."""
+        """Grid dimensions: method, student_ratio, seed, ``grid`` keys, ``variant``, ``student``, ``teacher``."""
         dims = {"method": self.method, "student_ratio": self.student_ratio, "seed": self.seed, **self.grid}
         if self.variants:
             dims["variant"] = list(self.variants)
         if self.student:
             dims["student"] = list(self.student)
+        if self.teacher:
+            dims["teacher"] = list(self.teacher)
         return dims
 
     def points(self) -> list[dict[str, Any]]:
@@ -210,6 +216,8 @@ class SweepConfig(_Strict):
     output_dir: str = "runs"
     data: DataConfig
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    #: named teachers (e.g. one per backbone), swept as the grid dimension ``teacher``; replaces ``teacher``
+    teachers: dict[str, TeacherConfig] = Field(default_factory=dict)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     #: named student specs, swept as the grid dimension ``student`` (default: the teacher's family/args)
     students: dict[str, StudentSpec] = Field(default_factory=dict)
@@ -235,13 +243,36 @@ class SweepConfig(_Strict):
         return (self.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
                 or f"sqlite:///{self.output_path() / 'mlflow.db'}")
 
-    def student_base(self, student: str | None, teacher_args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """``(family, unscaled args)`` of a named student (None = the teacher's family and args)."""
+    def teacher_names(self) -> list[str | None]:
+        """The named teachers of ``teachers:``, or ``[None]`` for the single ``teacher:``."""
+        return list(self.teachers) if self.teachers else [None]
+
+    def teacher_cfg(self, name: str | None = None) -> TeacherConfig:
+        """The named teacher's config (``None``: the single ``teacher:``, or the only named one).
+
+        Raises:
+            KeyError: ``name`` is not declared under ``teachers``.
+        """
+        if name is None:
+            if len(self.teachers) > 1:
+                raise KeyError(f"this sweep has several teachers ({', '.join(self.teachers)}): name one")
+            return next(iter(self.teachers.values())) if self.teachers else self.teacher
+        if name not in self.teachers:
+            raise KeyError(f"no teacher '{name}' under teachers ({', '.join(self.teachers) or 'none declared'})")
+        return self.teachers[name]
+
+    def student_base(self, student: str | None, teacher_args: dict[str, Any],
+                     teacher: str | None = None) -> tuple[str, dict[str, Any]]:
+        """``(family, unscaled args)`` of a named student (None = the teacher's family and args).
+
+        ``teacher`` names the trial's teacher when the sweep declares ``teachers``.
+        """
+        teacher_family = self.teacher_cfg(teacher).model.name
         if student is None:
-            return self.teacher.model.name, dict(teacher_args)
+            return teacher_family, dict(teacher_args)
         spec = self.students[student]
-        family = spec.model or self.teacher.model.name
-        if family == self.teacher.model.name:
+        family = spec.model or teacher_family
+        if family == teacher_family:
             return family, {**teacher_args, **spec.kwargs}
         return family, dict(spec.kwargs)
 
@@ -250,18 +281,20 @@ class SweepConfig(_Strict):
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
-    def teacher_hash(self) -> str:
-        """Hash of what determines the teacher, so a changed teacher/data config retrains it."""
+    def teacher_hash(self, name: str | None = None) -> str:
+        """Hash of what determines a teacher, so a changed teacher/data config retrains it."""
         blob = json.dumps(
-            {"teacher": self.teacher.model_dump(mode="json", exclude={"checkpoint", "threads"}),
+            {"teacher": self.teacher_cfg(name).model_dump(mode="json", exclude={"checkpoint", "threads"}),
              "data": self.data.model_dump(mode="json", exclude={"root"})}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
-    def teacher_path(self) -> Path:
-        if self.teacher.checkpoint:
-            return Path(self.teacher.checkpoint).expanduser().resolve()
+    def teacher_path(self, name: str | None = None) -> Path:
+        """The teacher's checkpoint: ``checkpoint`` if given, else ``<output>/teachers/<model>-<hash>.pt``."""
+        teacher = self.teacher_cfg(name)
+        if teacher.checkpoint:
+            return Path(teacher.checkpoint).expanduser().resolve()
         # keyed by what trains the teacher, not by sweep name: sweeps sharing a teacher share the file
-        return self.output_path() / "teachers" / f"{self.teacher.model.name}-{self.teacher_hash()}.pt"
+        return self.output_path() / "teachers" / f"{teacher.model.name}-{self.teacher_hash(name)}.pt"
 
     def with_smoke(self) -> SweepConfig:
         """A copy with the ``smoke`` overrides applied (name gets a ``-smoke`` suffix)."""
@@ -270,7 +303,8 @@ class SweepConfig(_Strict):
         d.name = f"{self.name}-smoke"
         if d.mlflow.experiment:
             d.mlflow.experiment = f"{d.mlflow.experiment}-smoke"
-        d.teacher.epochs = s.teacher_epochs
+        for teacher in (d.teacher, *d.teachers.values()):
+            teacher.epochs = s.teacher_epochs
         d.training.epochs = s.epochs
         d.data.train.segments_per_epoch = s.segments_per_epoch
         d.data.train.segment_seconds = s.segment_seconds
@@ -290,45 +324,60 @@ class SweepConfig(_Strict):
         from kdlib.models import MODELS
 
         # real models, not meta: methods may probe feature shapes to size their adapters
-        teacher = MODELS.get(self.teacher.model.name)(**self.teacher.model.kwargs)
-        students: dict[str | None, Any] = {None: teacher}
+        teachers: dict[str | None, Any] = {}
+        students: dict[tuple[str | None, str | None], Any] = {}
         checked: set[tuple] = set()
         for cell in self.search.points():
-            key = (cell["method"], cell.get("student"), cell.get("variant"))
+            key = (cell["method"], cell.get("student"), cell.get("variant"), cell.get("teacher"))
             if key in checked:
                 continue
             checked.add(key)
-            name, student_name, variant = key
-            if student_name not in students:
-                family, args = self.student_base(student_name, self.teacher.model.kwargs)
-                students[student_name] = MODELS.get(family)(**args)
+            name, student_name, variant, teacher_name = key
+            node = self.teacher_cfg(teacher_name).model
+            if teacher_name not in teachers:
+                teachers[teacher_name] = MODELS.get(node.name)(**node.kwargs)
+            if (student_name, teacher_name) not in students:
+                family, args = self.student_base(student_name, node.kwargs, teacher_name)
+                students[student_name, teacher_name] = (MODELS.get(family)(**args) if student_name
+                                                        else teachers[teacher_name])
             overrides = self.search.variants.get(variant, {}) if variant else {}
             try:
-                KD_METHODS.get(name)(students[student_name], teacher, **{**self.methods.get(name, {}), **overrides})
+                KD_METHODS.get(name)(students[student_name, teacher_name], teachers[teacher_name],
+                                     **{**self.methods.get(name, {}), **overrides})
             except KdlibError as exc:
-                where = f" (student '{student_name}')" if student_name else ""
+                where = "".join(f" ({kind} '{v}')" for kind, v in (("student", student_name),
+                                                                   ("teacher", teacher_name)) if v)
                 raise ValueError(f"methods.{name}{where}: {exc}") from None
 
     # ---- cross-field checks ----------------------------------------------------------------
     @model_validator(mode="after")
     def _check_names(self) -> SweepConfig:
+        import torch
+
         from kdlib.kd import KD_METHODS, validate_kd_kwargs
         from kdlib.models import MODELS
 
-        if self.teacher.model.name not in MODELS:
-            raise ValueError(f"teacher.model.name: unknown model '{self.teacher.model.name}' "
-                             f"(registered: {', '.join(MODELS.names())})")
-        try:
-            import torch
-
-            with torch.device("meta"):
-                MODELS.get(self.teacher.model.name)(**self.teacher.model.kwargs)
-        except TypeError as exc:
-            raise ValueError(f"teacher.model.kwargs: {exc}") from None
-        except KdlibError as exc:
-            raise ValueError(f"teacher.model.kwargs: {exc}") from None
+        if self.teachers and "teacher" in self.model_fields_set:
+            raise ValueError("teacher: give either one teacher or named teachers, not both")
+        for name in self.teacher_names():
+            where = f"teachers.{name}" if name else "teacher"
+            node = self.teacher_cfg(name).model
+            if node.name not in MODELS:
+                raise ValueError(f"{where}.model.name: unknown model '{node.name}' "
+                                 f"(registered: {', '.join(MODELS.names())})")
+            try:
+                with torch.device("meta"):
+                    MODELS.get(node.name)(**node.kwargs)
+            except (TypeError, KdlibError) as exc:
+                raise ValueError(f"{where}.model.kwargs: {exc}") from None
+        unknown = sorted(set(self.search.teacher) - set(self.teachers))
+        if unknown:
+            raise ValueError(f"search.teacher: {unknown} not declared under teachers "
+                             f"({', '.join(self.teachers) or 'none declared'})")
+        if self.teachers and not self.search.teacher:
+            self.search.teacher = list(self.teachers)
         for ex in self.search.exclude:
-            bad = sorted(set(ex) - set(self.search.dims()) - {"student"})
+            bad = sorted(set(ex) - set(self.search.dims()) - {"student", "teacher"})
             if bad:
                 raise ValueError(f"search.exclude: {bad} are not grid dimensions ({', '.join(self.search.dims())})")
         unknown = sorted(set(self.search.student) - set(self.students))
@@ -336,18 +385,17 @@ class SweepConfig(_Strict):
             raise ValueError(f"search.student: {unknown} not declared under students ({', '.join(self.students)})")
         if self.students and not self.search.student:
             self.search.student = list(self.students)
-        for key, spec in self.students.items():
-            family = spec.model or self.teacher.model.name
-            if family not in MODELS:
-                raise ValueError(f"students.{key}.model: unknown model '{family}' "
-                                 f"(registered: {', '.join(MODELS.names())})")
-            try:
-                import torch
-
-                with torch.device("meta"):
-                    MODELS.get(family)(**self.student_base(key, self.teacher.model.kwargs)[1])
-            except (TypeError, KdlibError) as exc:
-                raise ValueError(f"students.{key}.kwargs: {exc}") from None
+        for key in self.students:
+            for teacher in self.teacher_names():
+                family, args = self.student_base(key, self.teacher_cfg(teacher).model.kwargs, teacher)
+                if family not in MODELS:
+                    raise ValueError(f"students.{key}.model: unknown model '{family}' "
+                                     f"(registered: {', '.join(MODELS.names())})")
+                try:
+                    with torch.device("meta"):
+                        MODELS.get(family)(**args)
+                except (TypeError, KdlibError) as exc:
+                    raise ValueError(f"students.{key}.kwargs: {exc}") from None
         for key in self.methods:
             if key not in KD_METHODS:
                 raise ValueError(f"methods.{key}: unknown KD method (registered: {', '.join(KD_METHODS.names())})")

@@ -48,10 +48,11 @@ def _models_from(path: str | Path, ratios: list[float]) -> list[tuple[str, SEMod
     if not path.is_file():
         raise ConfigError(f"'{path}' does not exist")
     raw = yaml.safe_load(path.read_text())
-    if isinstance(raw, dict) and "teacher" in raw:
+    if isinstance(raw, dict) and ("teacher" in raw or "teachers" in raw):
         from kdlib.config import load_config
 
-        node = load_config(path).teacher.model
+        cfg = load_config(path)
+        node = cfg.teacher_cfg(cfg.teacher_names()[0]).model  # the first of several named teachers
         name, kwargs = node.name, node.kwargs
     elif isinstance(raw, dict) and "name" in raw and set(raw) <= {"name", "kwargs"}:
         name, kwargs = raw["name"], raw.get("kwargs") or {}
@@ -76,7 +77,8 @@ def profile(path: str | Path, ratios: list[float] | None = None, seconds: float 
         ConfigError / CheckpointError: unreadable input.
     """
     rows = []
-    models = _models_from(path, ratios or [1.0])
+    # the full-size model always comes first: it is the reference of the "% teacher" column
+    models = _models_from(path, [1.0, *(r for r in ratios or [] if r != 1.0)])
     base = count_params(models[0][1]) if models and models[0][2] == 1.0 else None
     for label, model, ratio in models:
         params = count_params(model)

@@ -23,6 +23,9 @@ def test_profile_model_yaml_at_several_ratios(tmp_path):
     assert rows[0]["params"] == count_params(teacher) and rows[0]["macs"] == macs_per_second(teacher)
     assert rows[0]["params_pct"] == 100.0 and abs(rows[1]["params_pct"] - 25) <= 2.5
     assert all(r["rtf"] > 0 for r in rows) and rows[1]["macs"] < rows[0]["macs"]
+    # the full-size reference row is always profiled, so "% teacher" is filled in for students alone
+    only_student = profile(path, [0.25], seconds=0.5, repeats=1)
+    assert [r["ratio"] for r in only_student] == [1.0, 0.25] and only_student[1]["params"] == rows[1]["params"]
 
 
 def test_profile_checkpoint_and_multichannel_model_via_cli(tmp_path, capsys):

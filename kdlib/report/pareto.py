@@ -704,11 +704,30 @@ def write_report(
         parent_run_id: sweep parent run; ``None`` = the most recent sweep of the experiment.
 
     Returns:
-        The paths written, as :func:`build_report` returns them.
+        The paths written, as :func:`build_report` returns them. A sweep with several teachers
+        (``teachers:``) gets one sub-folder per teacher (keys ``<teacher>/pareto``, ...) and an
+        index ``report.md`` linking them.
 
     Raises:
         KdlibError: as :func:`kdlib.report.runs.load_runs` (unknown store, experiment or parent).
     """
     df = load_runs(tracking_uri, experiment, parent_run_id)
     provenance = dict(df.attrs.get("provenance", {}))
-    return build_report(df, out_dir, title=f"KD Pareto report: {experiment}", provenance=provenance)
+    title = f"KD Pareto report: {experiment}"
+    teachers = sorted(df["param.teacher"].dropna().astype(str).unique()) if "param.teacher" in df else []
+    if len(teachers) <= 1:
+        return build_report(df, out_dir, title=title, provenance=provenance)
+    # several teachers (``teachers:``): student sizes are fractions of different models, so one
+    # front per teacher, each against its own teacher and noisy reference
+    out = Path(out_dir)
+    paths: dict[str, Path] = {}
+    lines = [f"# {title}", "", "One report per teacher:", ""]
+    for name in teachers:
+        sub = df[df["param.teacher"].astype(str) == name].copy()
+        written = build_report(sub, out / name, title=f"{title} (teacher {name})", provenance=provenance)
+        paths.update({f"{name}/{key}": path for key, path in written.items()})
+        lines.append(f"- [{name}]({name}/report.md)")
+    index = out / "report.md"
+    index.write_text("\n".join(lines) + "\n")
+    paths["report"] = index
+    return paths

@@ -14,7 +14,7 @@ from ray.tune import Callback
 from kdlib.config import SweepConfig
 from kdlib.evaluation import resolve_pesq_mode
 from kdlib.train.datasets import eval_sets
-from kdlib.train.teacher import ensure_teacher
+from kdlib.train.teacher import ensure_teachers
 
 METRIC, MODE = "val_si_sdr", "max"
 
@@ -54,7 +54,7 @@ class ProgressCallback(Callback):
 
 def _trial_name(trial) -> str:
     c = trial.config
-    tags = "".join(f"-{c[k]}" for k in ("student", "variant", "schedule") if c.get(k))
+    tags = "".join(f"-{c[k]}" for k in ("teacher", "student", "variant", "schedule") if c.get(k))
     return f"{c.get('method')}{tags}-r{c.get('student_ratio')}-s{c.get('seed')}-{trial.trial_id}"
 
 
@@ -108,9 +108,11 @@ def run_sweep(cfg: SweepConfig, smoke: bool = False, report: bool = True) -> Swe
     client = client_for(cfg)
     exp_id = experiment_id(client, cfg)
 
-    teacher_path, teacher_meta = ensure_teacher(cfg)
+    teachers = ensure_teachers(cfg)
     parent = start_parent_run(client, cfg, exp_id, smoke, pesq_mode)
-    log_teacher_run(client, cfg, exp_id, parent, teacher_meta, teacher_path)
+    for name, (path, meta) in teachers.items():
+        log_teacher_run(client, cfg, exp_id, parent, meta, path, name)
+    teacher_paths = {name or "": str(path) for name, (path, _) in teachers.items()}
     print(f"[sweep] MLflow experiment '{cfg.experiment}', parent run {parent} at {cfg.tracking_uri()}", flush=True)
 
     param_space, searcher, num_samples = build_search(cfg.search, METRIC, MODE)
@@ -127,7 +129,7 @@ def run_sweep(cfg: SweepConfig, smoke: bool = False, report: bool = True) -> Swe
     n_trials = num_samples
     logger = MLflowTrialLogger(cfg, cfg.tracking_uri(), exp_id, parent, pesq_mode, git_commit())
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(kd_trial, cfg=cfg, teacher_path=str(teacher_path)), resources),
+        tune.with_resources(tune.with_parameters(kd_trial, cfg=cfg, teacher_paths=teacher_paths), resources),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler, num_samples=num_samples,

@@ -88,21 +88,24 @@ def start_parent_run(client, cfg: SweepConfig, exp_id: str, smoke: bool, pesq_mo
         "config_hash": cfg.config_hash(), "git_commit": git_commit(), "sample_rate": cfg.data.sample_rate,
         "pesq_mode": pesq_mode, "test_set": f"{cfg.data.test.corpus}:{','.join(cfg.data.test.speakers or ['all'])}",
         "valid_set": f"{cfg.data.valid.corpus}:{','.join(cfg.data.valid.speakers or ['all'])}",
-        "teacher_model": cfg.teacher.model.name, "epochs": cfg.training.epochs,
+        "teacher_model": ",".join(cfg.teacher_cfg(t).model.name for t in cfg.teacher_names()),
+        "epochs": cfg.training.epochs,
         "methods": ",".join(cfg.search.method), "student_ratios": ",".join(map(str, cfg.search.student_ratio)),
     })
     return run.info.run_id
 
 
 def log_teacher_run(client, cfg: SweepConfig, exp_id: str, parent_id: str, meta: dict[str, Any],
-                    teacher_path: Path) -> str:
-    """Child run for the teacher: its figures and the noisy input's scores as reference points."""
-    run = client.create_run(exp_id, run_name="teacher", tags={ROLE: "teacher", PARENT: parent_id,
-                                                              "kdlib.checkpoint": str(teacher_path)})
+                    teacher_path: Path, name: str | None = None) -> str:
+    """Child run for a teacher (``name``: its ``teachers:`` key): its figures and the noisy input's
+    scores as reference points."""
+    run = client.create_run(exp_id, run_name=f"teacher-{name}" if name else "teacher",
+                            tags={ROLE: "teacher", PARENT: parent_id, "kdlib.checkpoint": str(teacher_path)})
     metrics = {k: v for k, v in meta.items() if isinstance(v, int | float) and k != "epochs"}
     metrics["params_pct"] = 100.0
     _log_dict(client, run.info.run_id, params={
-        "method": "teacher", "student_ratio": 1.0, "model": cfg.teacher.model.name,
+        "method": "teacher", "student_ratio": 1.0, "model": cfg.teacher_cfg(name).model.name,
+        **({"teacher": name} if name else {}),
         "sample_rate": meta.get("sample_rate"), "pesq_mode": meta.get("pesq_mode"),
         "config_hash": cfg.config_hash(), "teacher_hash": meta.get("teacher_hash"), "epochs": meta.get("epochs"),
     }, metrics=metrics)
@@ -159,7 +162,9 @@ class MLflowTrialLogger(LoggerCallback):
                 "kd_weight": spec.kd_weight, "schedule": spec.schedule, **{f"kd.{k}": v for k, v in spec.kd.items()},
                 **({"variant": spec.variant} if spec.variant else {}),
                 **({"student": spec.student} if spec.student else {}),
-                "model": self.cfg.student_base(spec.student, self.cfg.teacher.model.kwargs)[0],
+                **({"teacher": spec.teacher} if spec.teacher else {}),
+                "model": self.cfg.student_base(spec.student, self.cfg.teacher_cfg(spec.teacher).model.kwargs,
+                                               spec.teacher)[0],
                 "sample_rate": self.cfg.data.sample_rate,
                 "pesq_mode": self.pesq_mode, "config_hash": self.cfg.config_hash(), "git_commit": self.commit,
             })

@@ -24,13 +24,13 @@ STATE_FILE = "trainer_state.pt"
 STUDENT_FILE = "student.pt"
 
 
-def kd_trial(config: dict[str, Any], cfg: SweepConfig, teacher_path: str) -> None:
+def kd_trial(config: dict[str, Any], cfg: SweepConfig, teacher_paths: dict[str, str]) -> None:
     """Ray Tune function trainable (bound with ``tune.with_parameters``).
 
     Args:
         config: the trial's point: ``method``, ``student_ratio``, ``seed`` and searched knobs.
         cfg: the validated sweep config.
-        teacher_path: the teacher checkpoint.
+        teacher_paths: teacher checkpoints by ``teachers:`` name (``""`` for the single ``teacher:``).
 
     Reports per epoch: ``train_loss``, ``task_loss``, ``kd_loss``, ``val_si_sdr`` (dB),
     ``best_val_si_sdr``, ``params``, ``macs`` (per second of audio), ``params_pct``,
@@ -47,10 +47,11 @@ def kd_trial(config: dict[str, Any], cfg: SweepConfig, teacher_path: str) -> Non
     spec = TrialSpec.from_trial_config(config, cfg)
     device = resolve_device(cfg.training.device)
 
+    teacher_path = teacher_paths[spec.teacher or ""]
     teacher, _ = load_model(teacher_path, device)
-    family, base_args = cfg.student_base(spec.student, teacher.get_model_args())
+    family, base_args = cfg.student_base(spec.student, teacher.get_model_args(), spec.teacher)
     sized = size_student(family, teacher.get_model_args(), spec.student_ratio, cfg.training.size_tolerance,
-                         base_args=base_args, teacher_name=cfg.teacher.model.name)
+                         base_args=base_args, teacher_name=cfg.teacher_cfg(spec.teacher).model.name)
     data = build_sweep_data(cfg, seed=spec.seed)
     trainer = Trainer(cfg, spec, sized.model_args, data, teacher, device, model_name=family)
     figures = {**trainer.complexity(count_params(teacher)), "achieved_ratio": sized.achieved_ratio}

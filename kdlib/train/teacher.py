@@ -18,8 +18,10 @@ from kdlib.train.trainer import Log, Trainer, TrialSpec
 
 
 def train_teacher(cfg: SweepConfig, path: str | Path | None = None, data: SweepData | None = None,
-                  log: Log = print, eval_workers: int | None = None) -> dict[str, Any]:
-    """Train the teacher of ``cfg`` and save it to ``path`` (default :meth:`SweepConfig.teacher_path`).
+                  log: Log = print, eval_workers: int | None = None, name: str | None = None) -> dict[str, Any]:
+    """Train a teacher of ``cfg`` and save it to ``path`` (default :meth:`SweepConfig.teacher_path`).
+
+    ``name`` picks one of the sweep's ``teachers:`` (None: the single ``teacher:``).
 
     The checkpoint's ``meta`` holds the teacher's params, MACs per second of audio, validation
     SI-SDR (dB), test PESQ/STOI/ESTOI/SI-SDR and the noisy input's scores on the same test set,
@@ -31,34 +33,36 @@ def train_teacher(cfg: SweepConfig, path: str | Path | None = None, data: SweepD
     Raises:
         DataError: data problems. ConfigError: bad teacher config.
     """
-    path = Path(path or cfg.teacher_path())
+    path = Path(path or cfg.teacher_path(name))
+    teacher = cfg.teacher_cfg(name)
     device = resolve_device(cfg.training.device)
-    torch.set_num_threads(cfg.teacher.threads)
+    torch.set_num_threads(teacher.threads)
     data = data or build_sweep_data(cfg, seed=0)
-    spec = TrialSpec("none", 1.0, seed=0, lr=cfg.teacher.lr, kd_weight=0.0)
-    trainer = Trainer(cfg, spec, cfg.teacher.model.kwargs, data, None, device,
-                      epochs=cfg.teacher.epochs, batch_size=cfg.teacher.batch_size,
-                      log=lambda m: log(m.replace(spec.label(), "teacher")))
+    spec = TrialSpec("none", 1.0, seed=0, lr=teacher.lr, kd_weight=0.0)
+    trainer = Trainer(cfg, spec, teacher.model.kwargs, data, None, device,
+                      epochs=teacher.epochs, batch_size=teacher.batch_size,
+                      log=lambda m: log(m.replace(spec.label(), "teacher")), model_name=teacher.model.name)
     figures = trainer.complexity()
-    log(f"[teacher] {cfg.teacher.model.name}: {int(figures['params']):,} params, "
+    log(f"[teacher] {teacher.model.name}: {int(figures['params']):,} params, "
         f"{figures['macs'] / 1e6:.1f} MMAC/s, {len(data.train_speakers)} training speakers, device {device}")
     start = time.perf_counter()
     history = []
-    for epoch in range(cfg.teacher.epochs):
+    for epoch in range(teacher.epochs):
         stats = trainer.train_epoch()
         stats.update(trainer.validate())
         history.append(stats)
         elapsed = time.perf_counter() - start
-        log(f"[teacher] epoch {epoch + 1}/{cfg.teacher.epochs} loss {stats['train_loss']:.4f} "
+        log(f"[teacher] epoch {epoch + 1}/{teacher.epochs} loss {stats['train_loss']:.4f} "
             f"val SI-SDR {stats['val_si_sdr']:.2f} dB, {stats['audio_seconds_per_second']:.1f} audio s/s, "
-            f"eta {elapsed / (epoch + 1) * (cfg.teacher.epochs - epoch - 1):.0f}s")
-    workers = eval_workers or cfg.teacher.threads
+            f"eta {elapsed / (epoch + 1) * (teacher.epochs - epoch - 1):.0f}s")
+    workers = eval_workers or teacher.threads
     test = trainer.test(num_workers=workers)
     mode = resolve_pesq_mode(cfg.data.test.pesq_mode, data.test)
     noisy = evaluate_noisy(data.test, mode, num_workers=workers).as_flat_dict("noisy_")
     meta = {
-        "role": "teacher", "teacher_hash": cfg.teacher_hash(), "sweep": cfg.name, "pesq_mode": mode,
-        "sample_rate": cfg.data.sample_rate, "epochs": cfg.teacher.epochs,
+        "role": "teacher", "teacher_hash": cfg.teacher_hash(name), "sweep": cfg.name, "pesq_mode": mode,
+        "teacher_name": name or "", "model": teacher.model.name,
+        "sample_rate": cfg.data.sample_rate, "epochs": teacher.epochs,
         "train_seconds": time.perf_counter() - start,
         "audio_seconds_per_second": sum(h["audio_seconds_per_second"] for h in history) / len(history),
         "val_si_sdr": trainer.best_val, "history": [{k: float(v) for k, v in h.items()} for h in history],
@@ -70,12 +74,21 @@ def train_teacher(cfg: SweepConfig, path: str | Path | None = None, data: SweepD
     return meta
 
 
-def ensure_teacher(cfg: SweepConfig, log: Log = print) -> tuple[Path, dict[str, Any]]:
-    """The teacher checkpoint of ``cfg``, trained first if missing; returns ``(path, meta)``."""
-    path = cfg.teacher_path()
+def ensure_teacher(cfg: SweepConfig, log: Log = print, name: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """A teacher checkpoint of ``cfg``, trained first if missing; returns ``(path, meta)``.
+
+    Raises:
+        CheckpointError: the file exists but is truncated or not a kdlib checkpoint.
+    """
+    path = cfg.teacher_path(name)
     if path.exists():
         _, meta = load_model(path)
         log(f"[teacher] using {path}")
         return path, meta
     log(f"[teacher] {path} missing: training it once for the whole sweep")
-    return path, train_teacher(cfg, path, log=log)
+    return path, train_teacher(cfg, path, log=log, name=name)
+
+
+def ensure_teachers(cfg: SweepConfig, log: Log = print) -> dict[str | None, tuple[Path, dict[str, Any]]]:
+    """Every teacher of the sweep (``teachers:`` names, or ``None`` for the single one) → ``(path, meta)``."""
+    return {name: ensure_teacher(cfg, log, name) for name in cfg.teacher_names()}

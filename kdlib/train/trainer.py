@@ -35,6 +35,8 @@ class TrialSpec:
         method: registered KD method. student_ratio: fraction of the teacher's params in (0, 1].
         seed: init/data seed. lr: Adam learning rate. kd_weight: λ on the KD loss.
         kd: the method's kwargs (the YAML ``methods.<name>`` block merged with searched ``kd.*``).
+        variant / schedule / student / teacher: the named ablation, loss schedule, student spec and
+        teacher (``teachers:`` key) of the cell, None where the sweep has no such dimension.
     """
 
     method: str
@@ -46,6 +48,7 @@ class TrialSpec:
     variant: str | None = None
     schedule: str = "joint"
     student: str | None = None
+    teacher: str | None = None
 
     @classmethod
     def from_trial_config(cls, config: dict[str, Any], cfg: SweepConfig) -> TrialSpec:
@@ -60,10 +63,11 @@ class TrialSpec:
             seed=int(config.get("seed", 0)), lr=float(config.get("lr", cfg.training.lr)),
             kd_weight=float(config.get("kd_weight", cfg.training.kd_weight)), kd=kd, variant=variant,
             schedule=str(config.get("schedule", cfg.training.schedule)), student=config.get("student"),
+            teacher=config.get("teacher"),
         )
 
     def label(self) -> str:
-        tags = (self.student, self.variant, None if self.schedule == "joint" else self.schedule)
+        tags = (self.teacher, self.student, self.variant, None if self.schedule == "joint" else self.schedule)
         extra = "".join(f" {v}" for v in tags if v)
         return f"{self.method}{extra} r={self.student_ratio:g} seed={self.seed}"
 
@@ -95,7 +99,8 @@ class Trainer:
         self.epochs = epochs or cfg.training.epochs
         self.batch_size = batch_size or cfg.training.batch_size
         torch.manual_seed(spec.seed)
-        self.student = build_model(model_name or cfg.teacher.model.name, student_args).to(self.device)
+        family = model_name or cfg.teacher_cfg(spec.teacher).model.name
+        self.student = build_model(family, student_args).to(self.device)
         self.teacher = teacher
         if teacher is not None:
             teacher.to(self.device).eval().requires_grad_(False)
