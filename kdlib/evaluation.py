@@ -9,14 +9,25 @@ from kdlib.data import PairedCorpus
 from kdlib.metrics import METRIC_NAMES, MetricSummary, evaluate_pairs, si_sdr
 from kdlib.models.base import SEModel
 
+#: inputs shorter than this (samples) are zero-padded at the end for the model and cropped back, so
+#: a 0.1 s or header-only file gets an output instead of an STFT/conv shape error
+MIN_SAMPLES = 4096
+
 
 @torch.no_grad()
 def enhance(model: SEModel, noisy: np.ndarray, device: torch.device | str | None = None) -> np.ndarray:
-    """Enhance one utterance: ``(L,)`` (or ``(M, L)`` multi-channel) float samples → ``(L,)``."""
+    """Enhance one utterance: ``(L,)`` (or ``(M, L)`` multi-channel) float samples → ``(L,)``.
+
+    Inputs shorter than :data:`MIN_SAMPLES` are zero-padded at the end and the output cropped to L.
+    """
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    x = torch.as_tensor(noisy, dtype=torch.float32, device=device)
+    length = x.shape[-1]
+    if length < MIN_SAMPLES:
+        x = torch.nn.functional.pad(x, (0, MIN_SAMPLES - length))
     was_training = model.training
     model.eval()
-    out = model(torch.as_tensor(noisy, dtype=torch.float32, device=device).unsqueeze(0))[0]
+    out = model(x.unsqueeze(0))[0][..., :length]
     model.train(was_training)
     return out.float().cpu().numpy()
 

@@ -25,7 +25,7 @@ def resolve_data_root(root: str | os.PathLike[str] | None = None) -> Path:
             path, where it came from, and how to set it.
     """
     if root is not None and str(root) != "":
-        path, source = Path(root), "argument"
+        path, source = Path(root), "data.root"
     elif os.environ.get(ENV_VAR):
         path, source = Path(os.environ[ENV_VAR]), f"${ENV_VAR}"
     else:
