@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from kdlib.errors import ConfigError, KdlibError
 
@@ -58,12 +67,160 @@ class PairedConfig(_Strict):
     pesq_mode: Literal["auto", "wb", "nb"] = "auto"
 
 
+#: corpus name of the ``data.valid`` / ``data.test`` entries derived from ``data.array`` (the simulated sets)
+ARRAY_CORPUS = "array:"
+
+
+def _low_high(v: tuple[Any, Any] | None) -> tuple[Any, Any] | None:
+    if v is not None and v[0] > v[1]:
+        raise ValueError("low must not exceed high")
+    return v
+
+
+class ArraySplitConfig(_Strict):
+    """A held-out simulated set (``data.array.valid`` / ``.test``): speaker folders of ``speech/``."""
+
+    speakers: list[str] = Field(min_length=1)
+    items: int = Field(ge=1)
+    #: SNR range in dB at the reference mic; None = ``data.train.snr_db``
+    snr_db: tuple[float, float] | None = None
+
+    _snr_ordered = field_validator("snr_db")(_low_high)
+
+
+class ArrayConfig(_Strict):
+    """Simulated compact microphone array (:class:`kdlib.data.array.ArrayMixer`: pyroomacoustics
+    shoebox rooms, RIRs to every mic, real speech and noise as point sources; mic 0 is the reference).
+
+    Training mixtures are simulated on the fly from the training speakers (every ``speech/`` folder
+    but the valid/test/excluded ones) and the training noise files, with ``data.train``'s segment
+    length, segment count and SNR range. ``valid`` and ``test`` are simulated once from their own
+    speakers and the held-out noise files (seeds ``eval_seed`` / ``eval_seed + 1``, epoch 0) and
+    cached under ``<output>/arrays/``.
+    """
+
+    n_mics: int = Field(5, ge=2)
+    layout: Literal["circular", "linear"] = "circular"
+    #: circle radius (circular) or half the aperture (linear without spacing_m), in m
+    radius_m: float = Field(0.05, gt=0)
+    #: linear layout only: inter-mic spacing in m (None: 2 * radius_m / (n_mics - 1))
+    spacing_m: float | None = Field(None, gt=0)
+    #: reference mic 0 at the array centre
+    center_mic: bool = False
+    #: Sabine RT60 range in s ([0, 0] = anechoic)
+    rt60_s: tuple[float, float] = (0.2, 0.8)
+    #: room size range [[lx, ly, lz], [hx, hy, hz]] in m
+    room_dim_m: tuple[tuple[float, float, float], tuple[float, float, float]] = ((3.0, 3.0, 2.5), (8.0, 6.0, 3.5))
+    #: number of point noise sources per item, [low, high]
+    noise_sources: tuple[int, int] = (1, 3)
+    #: training target at mic 0: the direct path (dry) or the direct path + early reflections
+    target: Literal["direct", "early"] = "direct"
+    early_ms: float = Field(50.0, gt=0)
+    snr_reference: Literal["reverberant", "target"] = "reverberant"
+    #: image-source order cap (None = full Sabine order: slow)
+    max_order: int | None = Field(17, ge=0)
+    max_rir_seconds: float = Field(1.0, gt=0)
+    wall_margin_m: float = Field(0.5, ge=0)
+    min_source_dist_m: float = Field(1.0, ge=0)
+    rotate_array: bool = True
+    valid: ArraySplitConfig
+    test: ArraySplitConfig
+    #: length of every cached valid/test item in s
+    eval_segment_seconds: float = Field(4.0, gt=0)
+    #: noise files held out of training for valid/test: this fraction of ``noise/`` (seeded choice) ...
+    eval_noise_fraction: float = Field(0.2, gt=0, lt=1)
+    #: ... or exactly these file names of ``noise/`` (overrides the fraction when given)
+    eval_noise: list[str] = Field(default_factory=list)
+    #: seed of the valid set (test: eval_seed + 1) and of the held-out noise choice
+    eval_seed: int = Field(1000, ge=0)
+
+    _ranges_ordered = field_validator("rt60_s", "noise_sources")(_low_high)
+
+    @field_validator("room_dim_m")
+    @classmethod
+    def _room_ordered(cls, v: tuple[tuple[float, ...], tuple[float, ...]]) -> tuple[tuple[float, ...], ...]:
+        if any(lo > hi for lo, hi in zip(*v, strict=True)):
+            raise ValueError("low must not exceed high on any axis")
+        return v
+
+    def mixer_kwargs(self) -> dict[str, Any]:
+        """The ``ArrayMixer`` geometry/acoustics kwargs (no files, segment length, SNR, count or seed).
+
+        Raises:
+            ValueError: the array geometry is impossible (e.g. ``spacing_m`` with a circular layout).
+        """
+        from kdlib.data.array import compact_array
+
+        return {
+            "n_mics": self.n_mics,
+            "array": compact_array(self.n_mics, self.radius_m, self.layout, self.spacing_m, self.center_mic),
+            "rt60_s": tuple(self.rt60_s), "room_dim_m": tuple(self.room_dim_m),
+            "noise_sources": tuple(self.noise_sources), "target": self.target, "early_ms": self.early_ms,
+            "snr_reference": self.snr_reference, "max_order": self.max_order,
+            "max_rir_seconds": self.max_rir_seconds, "wall_margin_m": self.wall_margin_m,
+            "min_source_dist_m": self.min_source_dist_m, "rotate_array": self.rotate_array,
+        }
+
+    @model_validator(mode="after")
+    def _check(self) -> ArrayConfig:
+        shared = sorted(set(self.valid.speakers) & set(self.test.speakers))
+        if shared:
+            raise ValueError(f"valid and test share speaker(s) {shared}: the sets must be speaker-disjoint")
+        if len(set(self.eval_noise)) != len(self.eval_noise):
+            raise ValueError("eval_noise lists a file twice")
+        from kdlib.data.array import ArrayMixer
+        from kdlib.errors import DataError
+
+        # the simulator checks its arguments (room vs margins, reachable RT60) before it reads any file
+        try:
+            ArrayMixer([], [], segment_seconds=self.eval_segment_seconds, **self.mixer_kwargs())
+        except DataError:
+            pass  # only the (deliberately) empty file lists were refused
+        except ValueError as exc:
+            raise ValueError(str(exc).removeprefix("ArrayMixer: ").removeprefix("compact_array: ")) from None
+        return self
+
+
 class DataConfig(_Strict):
+    """Training mixtures plus held-out valid/test sets: paired corpora (``valid`` + ``test``, mono) or
+    a simulated microphone ``array`` (which then fills ``valid``/``test`` with ``array:`` entries)."""
+
     root: str | None = None
     sample_rate: Literal[8000, 16000] = 16000
     train: MixConfig = Field(default_factory=MixConfig)
-    valid: PairedConfig
-    test: PairedConfig
+    array: ArrayConfig | None = None
+    valid: PairedConfig | None = Field(None, validate_default=True)
+    test: PairedConfig | None = Field(None, validate_default=True)
+
+    @field_validator("valid", "test")
+    @classmethod
+    def _paired_or_array(cls, v: PairedConfig | None, info: ValidationInfo) -> PairedConfig | None:
+        if "array" not in info.data:
+            return v  # data.array itself is invalid: that error is the one reported
+        if info.data["array"] is None and v is None:
+            raise ValueError(f"missing: give a paired corpus {{corpus: ...}} as data.{info.field_name}, "
+                             "or a data.array section")
+        if info.data["array"] is not None and v is not None and not v.corpus.startswith(ARRAY_CORPUS):
+            raise ValueError(f"give either data.array or paired data.{info.field_name}, not both "
+                             "(data.array simulates its own valid/test sets)")
+        return v
+
+    @model_validator(mode="after")
+    def _array_splits(self) -> DataConfig:
+        if self.array is not None:  # so every reader of data.valid/test (labels, PESQ mode) works alike
+            mode = "wb" if self.sample_rate == 16000 else "nb"
+            self.valid, self.test = (
+                PairedConfig(corpus=f"{ARRAY_CORPUS}{name}", speakers=list(split.speakers),
+                             max_utterances=split.items, pesq_mode=mode)
+                for name, split in (("valid", self.array.valid), ("test", self.array.test)))
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out = handler(self)
+        if isinstance(out, dict) and out.get("array", 0) is None:
+            del out["array"]  # a paired-corpus data section dumps (and hashes) as before the array option
+        return out
 
 
 class StudentSpec(_Strict):
@@ -204,6 +361,9 @@ class SmokeConfig(_Strict):
     seeds: int = Field(1, ge=1)
     #: keep only the first N student ratios (None = all)
     ratios: int | None = Field(None, ge=1)
+    #: shrink every teacher to this fraction of its params with the size builder (same family and code
+    #: paths, a fraction of the CPU time: for multi-million-parameter backbones); None = full size
+    teacher_ratio: float | None = Field(None, gt=0, le=1)
 
 
 class SweepConfig(_Strict):
@@ -305,11 +465,24 @@ class SweepConfig(_Strict):
             d.mlflow.experiment = f"{d.mlflow.experiment}-smoke"
         for teacher in (d.teacher, *d.teachers.values()):
             teacher.epochs = s.teacher_epochs
+            teacher.batch_size = min(teacher.batch_size, s.segments_per_epoch)
+            if s.teacher_ratio is not None and s.teacher_ratio < 1:
+                from kdlib.models import build_model, size_student
+
+                full = build_model(teacher.model.name, teacher.model.kwargs).get_model_args()
+                teacher.model.kwargs = size_student(teacher.model.name, full, s.teacher_ratio,
+                                                    self.training.size_tolerance).model_args
+        d.training.batch_size = min(d.training.batch_size, s.segments_per_epoch)
         d.training.epochs = s.epochs
         d.data.train.segments_per_epoch = s.segments_per_epoch
         d.data.train.segment_seconds = s.segment_seconds
         for split in (d.data.valid, d.data.test):
-            split.max_utterances = min(split.max_utterances or s.max_utterances, s.max_utterances)
+            if split is not None:
+                split.max_utterances = min(split.max_utterances or s.max_utterances, s.max_utterances)
+        if d.data.array is not None:  # simulated valid/test: max_utterances items, segment_seconds long
+            for arr_split in (d.data.array.valid, d.data.array.test):
+                arr_split.items = min(arr_split.items, s.max_utterances)
+            d.data.array.eval_segment_seconds = min(d.data.array.eval_segment_seconds, s.segment_seconds)
         d.search.seed = d.search.seed[: s.seeds]
         if s.ratios:
             d.search.student_ratio = d.search.student_ratio[: s.ratios]
@@ -407,7 +580,7 @@ class SweepConfig(_Strict):
             try:
                 validate_kd_kwargs(name, kwargs)
             except KdlibError as exc:
-                raise ValueError(f"methods.{exc}") from None
+                raise ValueError(str(exc).replace(f"kd.{name}", f"methods.{name}", 1)) from None
         for variant, overrides in self.search.variants.items():
             for m in self.search.method:
                 try:
@@ -431,6 +604,13 @@ class SweepConfig(_Strict):
                     raise ValueError(f"{where}.{key}: KD method '{m}' has no knob '{knob}'")
         if not self.search.points():
             raise ValueError("search.exclude: every grid cell is excluded")
+        segments = self.data.train.segments_per_epoch
+        for where, batch in [("training.batch_size", self.training.batch_size),
+                             *((f"teachers.{n}.batch_size" if n else "teacher.batch_size",
+                                self.teacher_cfg(n).batch_size) for n in self.teacher_names())]:
+            if batch > segments:
+                raise ValueError(f"{where}: {batch} is more than data.train.segments_per_epoch ({segments}): "
+                                 "an epoch would have no full batch")
         self._check_taps()  # last: builds models, so only once everything cheap has passed
         return self
 

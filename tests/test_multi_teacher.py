@@ -12,6 +12,7 @@ import yaml
 
 from kdlib.config import SweepConfig, load_config
 from kdlib.errors import ConfigError
+from kdlib.models import build_model, count_params
 from kdlib.validation import validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,6 +86,12 @@ def test_shipped_dfkd_backbones_sweep_has_three_backbone_teachers():
     assert {0.25, 0.04} <= set(cfg.search.student_ratio)
     smoke = load_config(REPO / "sweeps" / "dfkd_backbones.yaml", smoke=True)
     assert {c["teacher"] for c in smoke.search.points()} == {"dccrn", "convtasnet", "dptnet"}
+    # smoke.teacher_ratio: each smoke teacher is its own family at 10 % (±10 %) of the full teacher
+    for name in cfg.teacher_names():
+        full, small = cfg.teacher_cfg(name).model, smoke.teacher_cfg(name).model
+        assert small.name == full.name
+        ratio = count_params(build_model(small.name, small.kwargs)) / count_params(build_model(full.name, full.kwargs))
+        assert abs(ratio - 0.1) <= 0.01, (name, ratio)
 
 
 @pytest.mark.slow
