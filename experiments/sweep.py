@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import kdlib
+from kdlib.cli import report_outcome
 from kdlib.config import load_config
 from kdlib.errors import KdlibError
 
@@ -49,10 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     except KdlibError as exc:
         print(f"sweep.py: error: {exc}", file=sys.stderr)
         return 2
-    print(f"{outcome.trials} trials ({outcome.errored} errored) in {outcome.seconds / 60:.1f} min; "
-          f"report: {outcome.report.get('report', '-')}")
-    # a real sweep survives crashed trials; in a smoke test any crash is a bug
-    return 1 if outcome.errored and (args.smoke_test or outcome.errored == outcome.trials) else 0
+    # same summary and exit code as `kdlib sweep run`: 130 when interrupted (resume it with
+    # `kdlib sweep resume`), 1 when a smoke trial or every trial errored, else 0
+    return report_outcome(outcome)
 
 
 if __name__ == "__main__":

@@ -40,13 +40,30 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
     from kdlib.sweep.runner import run_sweep
 
     outcome = run_sweep(cfg, smoke=args.smoke_test, report=not args.no_report)
-    print(f"[sweep] {outcome.trials} trial(s), {outcome.errored} errored, {outcome.seconds / 60:.1f} min; "
+    return report_outcome(outcome)
+
+
+def report_outcome(outcome) -> int:
+    """Summary lines of a finished (or interrupted) sweep and its exit code: 130 when interrupted
+    (resume it), 1 when trials errored in a smoke test or every trial errored, else 0."""
+    unfinished = f", {outcome.unfinished} unfinished" if outcome.unfinished else ""
+    print(f"[sweep] {outcome.trials} trial(s), {outcome.errored} errored{unfinished}, {outcome.seconds / 60:.1f} min; "
           f"MLflow experiment '{outcome.experiment}' (parent run {outcome.parent_run_id}) at {outcome.tracking_uri}")
     for name, path in outcome.report.items():
         print(f"[sweep] {name}: {path}")
     print(f"[sweep] browse: mlflow ui --backend-store-uri {outcome.tracking_uri} --workers 1")
+    if outcome.unfinished:
+        return 130
     # a real sweep survives crashed trials; in a smoke test any crash is a bug
-    return 1 if outcome.errored and (args.smoke_test or outcome.errored == outcome.trials) else 0
+    return 1 if outcome.errored and (outcome.smoke or outcome.errored == outcome.trials) else 0
+
+
+def cmd_sweep_resume(args: argparse.Namespace) -> int:
+    from kdlib.sweep.resume import resume_sweep
+
+    outcome = resume_sweep(args.experiment, restart_errored=args.restart_errored,
+                           report=False if args.no_report else None, output=args.output, address=args.address)
+    return report_outcome(outcome)
 
 
 def cmd_train_teacher(args: argparse.Namespace) -> int:
@@ -164,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kdlib", description="Knowledge-distillation sweeps for speech enhancement.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    sweep = sub.add_parser("sweep", help="run or validate a sweep YAML").add_subparsers(dest="sweep_cmd", required=True)
+    sweep = sub.add_parser("sweep", help="run, validate or resume a sweep")
+    sweep = sweep.add_subparsers(dest="sweep_cmd", required=True)
     run = sweep.add_parser("run", help="run a sweep: teacher, Ray Tune trials, MLflow, Pareto report")
     run.add_argument("sweep", help="sweep YAML (e.g. sweeps/quickstart.yaml)")
     run.add_argument("--smoke-test", action="store_true", help="tiny epochs/data: same code paths in ~1 min")
@@ -172,6 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a YAML key, e.g. --set 'search.student_ratio=[0.1]' (repeatable)")
     run.set_defaults(func=cmd_sweep_run)
+    res = sweep.add_parser("resume", help="continue an interrupted sweep from its saved Ray Tune state")
+    res.add_argument("experiment", help="the sweep's Ray experiment dir (<output>/ray/NAME-RUNID), that dir's "
+                                        "name, or the sweep name (its newest run)")
+    res.add_argument("--restart-errored", action="store_true",
+                     help="run errored trials again from scratch (default: from their last checkpoint)")
+    res.add_argument("--no-report", action="store_true", help="skip the Pareto report at the end")
+    res.add_argument("--output", help="output dir to look the name up in (default: $KDLIB_OUTPUT or runs)")
+    res.add_argument("--address", help="Ray cluster to resume on, or 'local' for a fresh local instance "
+                                       "(default: the sweep's ray.address, else $RAY_ADDRESS, else local)")
+    res.set_defaults(func=cmd_sweep_resume)
     val = sweep.add_parser("validate", help="validate a sweep YAML and print its trial count")
     val.add_argument("sweep")
     val.add_argument("--smoke-test", action="store_true")

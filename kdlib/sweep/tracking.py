@@ -8,8 +8,11 @@ curated param set, and no duplicate run when a trial restarts.
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,8 @@ from kdlib.train.trainer import TrialSpec
 ROLE = "kdlib.role"
 TRIAL_ID = "kdlib.trial_id"
 PARENT = "mlflow.parentRunId"
+#: reported every epoch by every trial; its history tells which epochs a run holds
+EPOCH_METRIC = "val_si_sdr"
 # Ray bookkeeping keys that are not model metrics
 _SKIP = {"timestamp", "pid", "time_this_iter_s", "time_total_s", "time_since_restore", "iterations_since_restore",
          "training_iteration", "done", "checkpoint_dir_name", "should_checkpoint", "epoch"}
@@ -36,22 +41,40 @@ def git_commit(cwd: str | Path | None = None) -> str:
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
 
-def client_for(cfg: SweepConfig):
-    """An ``MlflowClient`` for the sweep's tracking URI, checked to answer before any work.
+@contextmanager
+def _fail_fast_http() -> Iterator[None]:
+    """No retries and a 10 s timeout for the reachability probe: MLflow's defaults retry a refused
+    connection for minutes (measured: 246 s) before the user hears about a wrong URI."""
+    probe = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    saved = {k: os.environ.get(k) for k in probe}
+    os.environ.update(probe)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def client_for(cfg: SweepConfig, uri: str | None = None):
+    """An ``MlflowClient`` for the sweep's tracking URI (or ``uri``), checked to answer before any work.
 
     Raises:
         KdlibError: the tracking server or store cannot be reached.
     """
     from mlflow.tracking import MlflowClient
 
-    uri = cfg.tracking_uri()
+    uri = uri or cfg.tracking_uri()
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     # a client, not mlflow.set_tracking_uri: that also writes MLFLOW_TRACKING_URI into os.environ,
     # which would silently redirect every later sweep of this process to this store
     client = MlflowClient(uri)
     try:
-        client.search_experiments(max_results=1)
+        with _fail_fast_http():
+            client.search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - any failure here means "unreachable"
         raise KdlibError(f"MLflow tracking store '{uri}' is unreachable: {str(exc).splitlines()[0][:200]}") from None
     return client
@@ -130,6 +153,10 @@ class MLflowTrialLogger(LoggerCallback):
         self.cfg, self.tracking_uri, self.experiment_id = cfg, tracking_uri, experiment_id
         self.parent_run_id, self.pesq_mode, self.commit = parent_run_id, pesq_mode, commit
         self._runs: dict[str, str] = {}
+        #: trials whose end (complete or error) this driver saw
+        self._ended: set[str] = set()
+        #: last epoch logged per trial: a result replayed after a restart is not logged twice
+        self._last_step: dict[str, int] = {}
         self._client = None
 
     @property
@@ -170,20 +197,55 @@ class MLflowTrialLogger(LoggerCallback):
             })
         else:
             self.client.update_run(run_id, status="RUNNING")
+            history = self.client.get_metric_history(run_id, EPOCH_METRIC)
+            self._last_step[trial.trial_id] = max((m.step for m in history), default=0)
         self._runs[trial.trial_id] = run_id
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
         if trial.trial_id not in self._runs:
             self.log_trial_start(trial)
+        step = int(result.get("epoch", iteration))
+        last = getattr(self, "_last_step", {})
+        if step <= last.get(trial.trial_id, 0):
+            return  # this epoch is in the run already (a trial restored from an older checkpoint)
         metrics = {k: v for k, v in result.items() if k not in _SKIP and "/" not in k}
-        _log_dict(self.client, self._runs[trial.trial_id], metrics=metrics,
-                  step=int(result.get("epoch", iteration)))
+        _log_dict(self.client, self._runs[trial.trial_id], metrics=metrics, step=step)
+        last[trial.trial_id] = step
+        self._last_step = last
 
     def log_trial_end(self, trial, failed: bool = False) -> None:
         run_id = self._runs.get(trial.trial_id)
         if run_id is None:
             return
+        self._ended.add(trial.trial_id)
         student = Path(trial.local_path or "") / "student.pt"
         if not failed and student.is_file():
             self.client.set_tag(run_id, "kdlib.checkpoint", str(student))
         self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+
+    def on_experiment_end(self, trials, **info) -> None:
+        """Leave no trial run RUNNING: a trial this driver started but never saw end was cut off by an
+        interrupted sweep (Ray marks such trials TERMINATED in memory when it stops them, but saves
+        them as unfinished), so its run becomes KILLED (``kdlib sweep resume`` sets it RUNNING again).
+        Trials this driver did not run keep Ray's saved outcome: a run a killed driver left RUNNING or
+        KILLED becomes FINISHED/FAILED when Ray's state says the trial had terminated/errored."""
+        ended = getattr(self, "_ended", set())
+        for trial in trials:
+            if trial.trial_id in ended:
+                continue
+            if trial.trial_id in self._runs:
+                target = "KILLED"
+            else:
+                target = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(trial.status)
+            run_id = self._runs.get(trial.trial_id) or self._existing_run(trial.trial_id)
+            if target is None or run_id is None:
+                continue
+            current = self.client.get_run(run_id).info.status
+            # only open runs change: RUNNING → anything, KILLED → FINISHED/FAILED
+            if current == target or current != "RUNNING" and (current != "KILLED" or target == "KILLED"):
+                continue
+            if target == "FINISHED":
+                student = Path(trial.local_path or "") / "student.pt"
+                if student.is_file():
+                    self.client.set_tag(run_id, "kdlib.checkpoint", str(student))
+            self.client.set_terminated(run_id, target)

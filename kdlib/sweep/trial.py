@@ -60,6 +60,9 @@ def kd_trial(config: dict[str, Any], cfg: SweepConfig, teacher_paths: dict[str, 
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             trainer.load_state(torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=True))
+        # after the last epoch (a driver killed between the trial's final report and Tune saving that
+        # it ended) the loop below does nothing: Tune keeps the final result it had saved with that
+        # checkpoint and ends the trial, without training or reporting anything again
         print(f"[{spec.label()}] resumed after epoch {trainer.epoch}")
 
     while trainer.epoch < trainer.epochs:
@@ -76,3 +79,16 @@ def kd_trial(config: dict[str, Any], cfg: SweepConfig, teacher_paths: dict[str, 
         with tempfile.TemporaryDirectory() as d:
             torch.save(trainer.state(), Path(d) / STATE_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+    # a finished trial gives its GPU memory back at once (its actor process exits right after, and
+    # nothing module-level holds a trial's tensors)
+    del trainer, teacher, data, sized
+    release_memory()
+
+
+def release_memory() -> None:
+    """Collect garbage and hand cached CUDA memory back to the device (no-op without CUDA)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
