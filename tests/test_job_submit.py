@@ -24,28 +24,16 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tests.test_fault_tolerance import SWEEP as FT_SWEEP
+
 REPO = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).with_name("ray")
 pytestmark = pytest.mark.slow
 
-SWEEP = {
-    "name": "jobsweep",
-    "data": {
-        "sample_rate": 16000,
-        "train": {"speech": "speech", "noise": "noise", "snr_db": [0, 10], "segment_seconds": 0.5,
-                  "segments_per_epoch": 4},
-        "valid": {"corpus": "vb_demand", "speakers": ["p257"], "max_utterances": 1},
-        "test": {"corpus": "vb_demand", "speakers": ["p232"], "pesq_mode": "wb", "max_utterances": 1},
-    },
-    "teacher": {"model": {"name": "dpdcrn", "kwargs": {"n_fft": 256, "hop_length": 128, "channels": [8, 12],
-                                                        "rnn_hidden": 12, "n_dilated": 1, "n_dualpath": 1}},
-                "epochs": 1, "batch_size": 2, "threads": 1},
-    "training": {"epochs": 1, "batch_size": 2},
-    "search": {"method": ["none", "output"], "student_ratio": [0.25], "seed": [0]},
-    "resources": {"cpu": 1},
-    "smoke": {"epochs": 1, "teacher_epochs": 1, "segments_per_epoch": 4, "segment_seconds": 0.5,
-              "max_utterances": 1},
-}
+# the fault-tolerance tests' tiny sweep (same data and teacher), one epoch, no fault plugins
+SWEEP = {**FT_SWEEP, "name": "jobsweep", "plugins": [], "training": {"epochs": 1, "batch_size": 2},
+         "search": {"method": ["none", "output"], "student_ratio": [0.25], "seed": [0]},
+         "smoke": {**FT_SWEEP["smoke"], "epochs": 1, "seeds": 1}}
 
 
 def _free_port() -> int:
