@@ -463,7 +463,7 @@ class SweepConfig(_Strict):
         d.name = f"{self.name}-smoke"
         if d.mlflow.experiment:
             d.mlflow.experiment = f"{d.mlflow.experiment}-smoke"
-        for teacher in (d.teacher, *d.teachers.values()):
+        for teacher in (d.teacher_cfg(n) for n in d.teacher_names()):  # the unused default teacher stays as is
             teacher.epochs = s.teacher_epochs
             teacher.batch_size = min(teacher.batch_size, s.segments_per_epoch)
             if s.teacher_ratio is not None and s.teacher_ratio < 1:
@@ -530,7 +530,8 @@ class SweepConfig(_Strict):
         from kdlib.kd import KD_METHODS, validate_kd_kwargs
         from kdlib.models import MODELS
 
-        if self.teachers and "teacher" in self.model_fields_set:
+        # a default `teacher` next to `teachers` is what model_dump writes (kdlib sweep resume reloads it)
+        if self.teachers and "teacher" in self.model_fields_set and self.teacher != TeacherConfig():
             raise ValueError("teacher: give either one teacher or named teachers, not both")
         for name in self.teacher_names():
             where = f"teachers.{name}" if name else "teacher"

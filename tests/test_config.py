@@ -8,9 +8,10 @@ import pytest
 import yaml
 
 from kdlib.cli import main
-from kdlib.config import load_config
+from kdlib.config import SweepConfig, load_config
 from kdlib.errors import ConfigError
 from kdlib.sweep.space import grid_points
+from kdlib.validation import validate
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 BASE = yaml.safe_load((SWEEPS / "quickstart.yaml").read_text())
@@ -38,6 +39,10 @@ def test_every_shipped_sweep_validates(path):
     assert grid_points(cfg.search)
     smoke = load_config(path, smoke=True)
     assert smoke.name.endswith("-smoke") and smoke.training.epochs <= cfg.training.epochs
+    # `kdlib sweep resume` re-validates the dumped config: it must come back identical
+    for c in (cfg, smoke):
+        again = validate(SweepConfig, c.model_dump(mode="json"))
+        assert again.model_dump(mode="json") == c.model_dump(mode="json") and again.config_hash() == c.config_hash()
 
 
 def test_quickstart_is_the_issue_grid():

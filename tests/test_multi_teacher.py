@@ -58,7 +58,7 @@ def test_search_teacher_picks_a_subset():
 
 
 @pytest.mark.parametrize(("over", "needle"), [
-    ({"teacher": {"model": {"name": "dpdcrn"}}}, "teacher: give either one teacher or named teachers"),
+    ({"teacher": {"model": {"name": "dccrn"}}}, "teacher: give either one teacher or named teachers"),
     ({"search": {"method": ["none"], "student_ratio": [0.5], "teacher": ["nope"]}}, "search.teacher: ['nope']"),
     ({"teachers": {"x": {"model": {"name": "nope"}}}}, "teachers.x.model.name: unknown model 'nope'"),
     ({"teachers": {"x": {"model": {"name": "dccrn", "kwargs": {"bogus": 1}}}}}, "teachers.x.model.kwargs"),
