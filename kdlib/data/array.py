@@ -30,10 +30,9 @@ import numpy as np
 import pyroomacoustics as pra
 import torch
 from scipy import fft as sp_fft
-from torch.utils.data import Dataset
 
 from kdlib.data.audio import audio_info, write_audio
-from kdlib.data.mixing import SourcePool
+from kdlib.data.mixing import EpochDataset, SourcePool
 from kdlib.errors import DataError
 
 LAYOUTS = ("circular", "linear")
@@ -209,7 +208,7 @@ def _pair(value: Any, name: str, integer: bool = False) -> tuple[Any, Any]:
 # -- dataset -------------------------------------------------------------------------------------
 
 
-class ArrayMixer(Dataset):
+class ArrayMixer(EpochDataset):
     """Random multi-channel noisy / mono clean segments simulated on the fly in shoebox rooms.
 
     Every file is read once at construction (float32, mono, at ``sample_rate``). Item ``i`` depends only on
@@ -405,12 +404,6 @@ class ArrayMixer(Dataset):
             "speech_files": [f"{p.parent.name}/{p.name}" for p in self.speech_files],
             "noise_files": [f"{p.parent.name}/{p.name}" for p in self.noise_files],
         }
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch (non-negative int) whose draws ``__getitem__`` returns."""
-        if epoch < 0:
-            raise ValueError(f"set_epoch: epoch must be >= 0, got {epoch}")
-        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return self.num_items

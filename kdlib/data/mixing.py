@@ -145,7 +145,20 @@ class SourcePool:
         )
 
 
-class SpeechNoiseMixer(Dataset):
+class EpochDataset(Dataset):
+    """A dataset whose item ``i`` is a deterministic draw of ``(seed, epoch, i)``: the trainer calls
+    :meth:`set_epoch` before each epoch so every epoch sees new mixtures, reproducibly."""
+
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch (non-negative int) whose draws ``__getitem__`` returns."""
+        if epoch < 0:
+            raise ValueError(f"set_epoch: epoch must be >= 0, got {epoch}")
+        self.epoch = int(epoch)
+
+
+class SpeechNoiseMixer(EpochDataset):
     """Random noisy/clean segments mixed on the fly from clean speech and noise files.
 
     Every file is read once at construction (float32, mono, at ``sample_rate``). Item ``i`` depends
@@ -212,12 +225,6 @@ class SpeechNoiseMixer(Dataset):
         self.epoch = 0
         self.pool = SourcePool(speech_files, noise_files, self.sample_rate, "SpeechNoiseMixer")
         self.speech_files, self.noise_files = self.pool.speech_files, self.pool.noise_files
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch (non-negative int) whose draws ``__getitem__`` returns."""
-        if epoch < 0:
-            raise ValueError(f"set_epoch: epoch must be >= 0, got {epoch}")
-        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return self.num_segments

@@ -223,11 +223,11 @@ def run_sweep(cfg: SweepConfig, smoke: bool = False, report: bool = True,
 
             scheduler = ASHAScheduler(max_t=cfg.training.epochs, grace_period=cfg.scheduler.grace_period,
                                       reduction_factor=cfg.scheduler.reduction_factor, time_attr="epoch")
-        n_trials = num_samples
         logger = MLflowTrialLogger(cfg, cfg.tracking_uri(), exp_id, parent, pesq_mode, git_commit())
         name = f"{cfg.name}-{parent[:8]}"
+        trial_cfg = pin_data_root(cfg)  # resolved once, here: trials run in their own working directories
         tuner = tune.Tuner(
-            build_trainable(pin_data_root(cfg), teacher_paths),
+            build_trainable(trial_cfg, teacher_paths),
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
@@ -236,7 +236,7 @@ def run_sweep(cfg: SweepConfig, smoke: bool = False, report: bool = True,
             ),
             run_config=tune.RunConfig(
                 name=name, storage_path=str(out / "ray"),
-                callbacks=[logger, ProgressCallback(n_trials), *(callbacks or [])],
+                callbacks=[logger, ProgressCallback(num_samples), *(callbacks or [])],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=cfg.ray.max_failures),
                 verbose=1,
@@ -245,8 +245,7 @@ def run_sweep(cfg: SweepConfig, smoke: bool = False, report: bool = True,
         experiment_dir = out / "ray" / name
         save_sweep_record(experiment_dir, cfg, smoke=smoke, report=report, tracking_uri=cfg.tracking_uri(),
                           experiment_id=exp_id, parent_run_id=parent, pesq_mode=pesq_mode,
-                          teacher_paths=teacher_paths, num_trials=n_trials,
-                          data_root=pin_data_root(cfg).data.root)
+                          teacher_paths=teacher_paths, num_trials=num_samples, data_root=trial_cfg.data.root)
         results = tuner.fit()
     finally:
         if started_ray:

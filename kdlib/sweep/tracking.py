@@ -205,13 +205,11 @@ class MLflowTrialLogger(LoggerCallback):
         if trial.trial_id not in self._runs:
             self.log_trial_start(trial)
         step = int(result.get("epoch", iteration))
-        last = getattr(self, "_last_step", {})
-        if step <= last.get(trial.trial_id, 0):
+        if step <= self._last_step.get(trial.trial_id, 0):
             return  # this epoch is in the run already (a trial restored from an older checkpoint)
         metrics = {k: v for k, v in result.items() if k not in _SKIP and "/" not in k}
         _log_dict(self.client, self._runs[trial.trial_id], metrics=metrics, step=step)
-        last[trial.trial_id] = step
-        self._last_step = last
+        self._last_step[trial.trial_id] = step
 
     def log_trial_end(self, trial, failed: bool = False) -> None:
         run_id = self._runs.get(trial.trial_id)
@@ -229,9 +227,8 @@ class MLflowTrialLogger(LoggerCallback):
         them as unfinished), so its run becomes KILLED (``kdlib sweep resume`` sets it RUNNING again).
         Trials this driver did not run keep Ray's saved outcome: a run a killed driver left RUNNING or
         KILLED becomes FINISHED/FAILED when Ray's state says the trial had terminated/errored."""
-        ended = getattr(self, "_ended", set())
         for trial in trials:
-            if trial.trial_id in ended:
+            if trial.trial_id in self._ended:
                 continue
             if trial.trial_id in self._runs:
                 target = "KILLED"
