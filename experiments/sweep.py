@@ -19,8 +19,8 @@ from pathlib import Path
 
 import kdlib
 from kdlib.cli import report_outcome
-from kdlib.config import load_config
 from kdlib.errors import KdlibError
+from kdlib.sweep.plan import load_plan
 
 
 def resolve_sweep_path(sweep: str | Path) -> Path:
@@ -43,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke-test", action="store_true", help="tiny epochs and data (CI)")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(resolve_sweep_path(args.sweep), smoke=args.smoke_test)
+        plan = load_plan(resolve_sweep_path(args.sweep), smoke=args.smoke_test)
         from kdlib.sweep.runner import run_sweep  # imports Ray: only once the YAML is valid
 
-        outcome = run_sweep(cfg, smoke=args.smoke_test)
+        outcome = run_sweep(plan)
     except KdlibError as exc:
         print(f"sweep.py: error: {exc}", file=sys.stderr)
         return 2

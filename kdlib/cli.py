@@ -4,42 +4,34 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from kdlib.errors import ConfigError, KdlibError
 
 
-def _default_output() -> Path:
-    return Path(os.environ.get("KDLIB_OUTPUT") or "runs").resolve()
-
-
-def _default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{_default_output() / 'mlflow.db'}"
-
-
 # ---- commands -----------------------------------------------------------------------------------
 def cmd_sweep_validate(args: argparse.Namespace) -> int:
-    from kdlib.config import load_config
+    from kdlib.sweep.plan import load_plan
 
-    cfg = load_config(args.sweep, smoke=args.smoke_test, overrides=args.set)
+    plan = load_plan(args.sweep, smoke=args.smoke_test, overrides=args.set)
+    cfg = plan.cfg
     dims = " × ".join(f"{k} {len(v)}" for k, v in cfg.search.dims().items())
     excluded = f", {len(cfg.search.exclude)} exclusion rule(s)" if cfg.search.exclude else ""
     print(f"{args.sweep}: OK — experiment '{cfg.experiment}', {len(cfg.search.points())} trial(s) "
           f"({dims}{' × repeats ' + str(cfg.search.repeats) if cfg.search.repeats > 1 else ''}{excluded}); "
           f"optuna knobs: {', '.join(cfg.search.optuna) or 'none'}; scheduler {cfg.scheduler.name}; "
-          f"config hash {cfg.config_hash()}")
+          f"config hash {plan.config_hash}")
     return 0
 
 
 def cmd_sweep_run(args: argparse.Namespace) -> int:
-    from kdlib.config import load_config
+    from kdlib.sweep.plan import load_plan
 
-    cfg = load_config(args.sweep, smoke=args.smoke_test, overrides=args.set)
+    plan = load_plan(args.sweep, smoke=args.smoke_test, overrides=args.set)
     from kdlib.sweep.runner import run_sweep
 
-    outcome = run_sweep(cfg, smoke=args.smoke_test, report=not args.no_report)
+    outcome = run_sweep(plan, report=not args.no_report)
     return report_outcome(outcome)
 
 
@@ -67,43 +59,46 @@ def cmd_sweep_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_train_teacher(args: argparse.Namespace) -> int:
-    from kdlib.config import load_config
-    from kdlib.train.teacher import train_teacher
+    from kdlib.metrics.specs import metric_keys
+    from kdlib.sweep import contract
+    from kdlib.sweep.plan import load_plan
+    from kdlib.sweep.teachers import train_teacher
 
-    cfg = load_config(args.sweep, smoke=args.smoke_test, overrides=args.set)
+    plan = load_plan(args.sweep, smoke=args.smoke_test, overrides=args.set)
+    cfg = plan.cfg
     names = [args.teacher] if args.teacher else cfg.teacher_names()
     if args.teacher and args.teacher not in cfg.teachers:
         declared = ", ".join(cfg.teachers) or "none declared"
         raise ConfigError(f"--teacher: no teacher '{args.teacher}' under teachers ({declared})")
     if args.out and len(names) > 1:
         raise ConfigError(f"--out: this sweep has {len(names)} teachers; pick one with --teacher")
-    keys = ("params", "macs", "val_si_sdr", "test_pesq", "test_stoi", "test_estoi", "test_si_sdr",
-            "noisy_pesq", "noisy_stoi", "noisy_estoi", "noisy_si_sdr", "train_seconds", "audio_seconds_per_second")
+    keys = ("params", "macs", contract.SELECTION_METRIC, *metric_keys(contract.TEST_PREFIX),
+            *metric_keys(contract.NOISY_PREFIX), "train_seconds", "audio_seconds_per_second")
     for name in names:
-        meta = train_teacher(cfg, args.out, name=name)
+        meta = train_teacher(plan, args.out, name=name)
         print(json.dumps({"teacher": name, **{k: meta.get(k) for k in keys}}, indent=2))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from kdlib.report import write_report
+    from kdlib.sweep.plan import resolve_output, resolve_tracking_uri
 
-    out = Path(args.out) if args.out else _default_output() / "reports" / args.experiment
-    paths = write_report(args.tracking_uri or _default_tracking_uri(), args.experiment, out, args.run_id)
+    out = Path(args.out) if args.out else resolve_output() / "reports" / args.experiment
+    paths = write_report(resolve_tracking_uri(args.tracking_uri), args.experiment, out, args.run_id)
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-
     from kdlib.data import PairedCorpus
     from kdlib.evaluation import evaluate_model, evaluate_noisy, resolve_pesq_mode
     from kdlib.models import load_model
+    from kdlib.sweep.contract import NOISY_PREFIX
+    from kdlib.train import resolve_device
 
-    model, meta = load_model(args.checkpoint, args.device if args.device != "auto" else
-                             ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, meta = load_model(args.checkpoint, resolve_device(args.device))
     corpus = PairedCorpus(args.data, sample_rate=model.sample_rate)
     corpus = corpus.subset(args.speakers, args.max_utterances)
     mode = resolve_pesq_mode(args.pesq_mode, corpus)
@@ -111,7 +106,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = {"checkpoint": str(args.checkpoint), "data": str(args.data), "utterances": len(corpus),
               "pesq_mode": mode, "sample_rate": corpus.sample_rate, **summary.as_flat_dict()}
     if args.noisy:
-        result.update(evaluate_noisy(corpus, mode, num_workers=args.workers).as_flat_dict("noisy_"))
+        result.update(evaluate_noisy(corpus, mode, num_workers=args.workers).as_flat_dict(NOISY_PREFIX))
     if args.json:
         print(json.dumps(result, indent=2))
     else:

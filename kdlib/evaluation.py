@@ -1,4 +1,4 @@
-"""Run a model over a paired corpus and score it (PESQ, STOI, ESTOI, SI-SDR)."""
+"""Run a model over a paired corpus and score it with the metric table (PESQ, STOI, ESTOI, SI-SDR)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from kdlib.data import PairedCorpus
-from kdlib.metrics import METRIC_NAMES, MetricSummary, evaluate_pairs, si_sdr
+from kdlib.metrics import MetricSummary, evaluate_pairs, si_sdr
 from kdlib.models.base import SEModel
 
 #: inputs shorter than this (samples) are zero-padded at the end for the model and cropped back, so
@@ -38,11 +38,13 @@ def resolve_pesq_mode(mode: str, corpus: PairedCorpus) -> str:
 
 
 def evaluate_model(model: SEModel, corpus: PairedCorpus, pesq_mode: str = "auto",
-                   metrics: tuple[str, ...] = METRIC_NAMES, num_workers: int = 1,
+                   metrics: tuple[str, ...] | None = None, num_workers: int = 1,
                    device: torch.device | str | None = None) -> MetricSummary:
     """Enhance every noisy file of ``corpus`` and score it against the clean reference.
 
-    Metric failures (silence, too-short audio) are counted as missing, never raised.
+    ``metrics``: names from :data:`kdlib.metrics.specs.METRICS` (``None``: all of them). Metric failures
+    (silence, too-short audio) are counted as missing, never raised; see :func:`kdlib.metrics.evaluate_pairs`
+    for the errors raised on bad input.
     """
     refs, ests = [], []
     for i in range(len(corpus)):

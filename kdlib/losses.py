@@ -43,3 +43,16 @@ class CompressedSpectralLoss(nn.Module):
         if self.wav_weight:
             loss = loss + self.wav_weight * (estimate - target).abs().mean()
         return loss
+
+
+def task_loss_for(model: nn.Module) -> nn.Module:
+    """The supervised task loss a model is trained with: :class:`CompressedSpectralLoss` with the
+    model family's overrides from its ``task_loss_kwargs`` attribute (e.g. sub-band models drop the
+    waveform term, see ``kdlib/models/subband.py``), defaults otherwise.
+
+    Shapes: the returned loss maps ``estimate``, ``target``: ``(B, L)`` → scalar.
+
+    Raises:
+        TypeError: ``task_loss_kwargs`` names an argument :class:`CompressedSpectralLoss` does not take.
+    """
+    return CompressedSpectralLoss(**getattr(model, "task_loss_kwargs", {}))

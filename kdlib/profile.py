@@ -49,9 +49,9 @@ def _models_from(path: str | Path, ratios: list[float]) -> list[tuple[str, SEMod
         raise ConfigError(f"'{path}' does not exist")
     raw = yaml.safe_load(path.read_text())
     if isinstance(raw, dict) and ("teacher" in raw or "teachers" in raw):
-        from kdlib.config import load_config
+        from kdlib.sweep.plan import load_plan
 
-        cfg = load_config(path)
+        cfg = load_plan(path).cfg
         node = cfg.teacher_cfg(cfg.teacher_names()[0]).model  # the first of several named teachers
         name, kwargs = node.name, node.kwargs
     elif isinstance(raw, dict) and "name" in raw and set(raw) <= {"name", "kwargs"}:

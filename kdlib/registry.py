@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-from kdlib.errors import RegistryError
+from kdlib.errors import ConfigError, RegistryError
 
 T = TypeVar("T")
 
@@ -63,6 +63,15 @@ class Registry(Generic[T]):
     def items(self) -> list[tuple[str, type[T]]]:
         return sorted(self._items.items())
 
-    def build(self, name: str, kwargs: dict[str, Any] | None = None, **extra: Any) -> T:
-        """Instantiate ``name`` with ``kwargs`` (from config) plus ``extra`` (from code)."""
-        return self.get(name)(**(kwargs or {}), **extra)
+    def build(self, name: str, kwargs: dict[str, Any] | None = None, *args: Any, **extra: Any) -> T:
+        """Instantiate ``name`` from a config node: ``cls(*args, **kwargs, **extra)``, where ``kwargs``
+        come from the YAML and ``args`` / ``extra`` from code (e.g. a KD method's student and teacher).
+
+        Raises:
+            RegistryError: unknown name. ConfigError: arguments the class does not take.
+        """
+        cls = self.get(name)
+        try:
+            return cls(*args, **(kwargs or {}), **extra)
+        except TypeError as exc:
+            raise ConfigError(f"{self.kind} '{name}': {exc}") from None

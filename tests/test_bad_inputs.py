@@ -23,12 +23,13 @@ import torch
 import yaml
 
 from kdlib.cli import main
-from kdlib.config import apply_overrides, load_config
+from kdlib.config import apply_overrides
 from kdlib.data import PairedCorpus, read_audio, resolve_data_root, write_audio
 from kdlib.errors import CheckpointError, ConfigError, DataError
 from kdlib.evaluation import enhance
 from kdlib.metrics import MetricWarning
 from kdlib.models import build_model, load_model, save_checkpoint
+from kdlib.sweep.plan import load_plan
 from tests.test_cli import TINY
 from tests.test_config import BASE, _write
 from tests.test_data import SR, _make_vb, _tone
@@ -113,7 +114,7 @@ def test_malformed_yaml_or_a_yaml_tag_is_refused_and_runs_nothing(tmp_path, monk
     marker = tmp_path / "pwned"
     path = _write(tmp_path, text.format(marker=marker))
     with pytest.raises(ConfigError) as err:
-        load_config(path)
+        load_plan(path)
     assert str(err.value) == f"{path}: {expected}"
     out = _output(tmp_path, monkeypatch)
     _refused(capsys, ["sweep", "run", str(path)], f"{path}: {expected}")
@@ -146,7 +147,7 @@ def test_malformed_yaml_or_a_yaml_tag_is_refused_and_runs_nothing(tmp_path, monk
 def test_bad_sweep_value_is_refused_naming_the_key(tmp_path, monkeypatch, capsys, key, value, expected):
     path = _sweep(tmp_path, {key: value})
     with pytest.raises(ConfigError) as err:
-        load_config(path)
+        load_plan(path)
     assert str(err.value).startswith(f"{path}: {expected}") and "\n" not in str(err.value)
     out = _output(tmp_path, monkeypatch)
     _refused(capsys, ["sweep", "run", str(path), "--smoke-test"], f"{path}: {expected}")

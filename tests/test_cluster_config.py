@@ -210,13 +210,13 @@ def test_login_env_reaches_kdlib(path, tmp_path, monkeypatch):
     head = envs["head"]
     assert head["KDLIB_OUTPUT"].startswith("/mnt/shared/") and head["KDLIB_DATA"].startswith("/mnt/shared/")
 
-    from kdlib.config import load_config
+    from kdlib.sweep.plan import load_plan
 
     for var in ("KDLIB_OUTPUT", "MLFLOW_TRACKING_URI"):
         monkeypatch.setenv(var, head[var])
-    cfg = load_config(REPO / "sweeps" / "quickstart.yaml")
-    assert cfg.output_path() == Path(head["KDLIB_OUTPUT"])
-    assert cfg.tracking_uri() == head["MLFLOW_TRACKING_URI"]
+    plan = load_plan(REPO / "sweeps" / "quickstart.yaml")
+    assert plan.output == Path(head["KDLIB_OUTPUT"])
+    assert plan.tracking_uri == head["MLFLOW_TRACKING_URI"]
 
 
 # ---- experiments/sweep.py under `ray submit` ------------------------------------------------------

@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from kdlib.cli import main
-from kdlib.config import SweepConfig, load_config
+from kdlib.config import SweepConfig
 from kdlib.errors import ConfigError
+from kdlib.sweep.plan import config_hash, load_plan
 from kdlib.sweep.space import grid_points
 from kdlib.validation import validate
 
@@ -35,18 +36,18 @@ def _with(path_keys: str, value):
 
 @pytest.mark.parametrize("path", sorted(SWEEPS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_sweep_validates(path):
-    cfg = load_config(path)
+    cfg = load_plan(path).cfg
     assert grid_points(cfg.search)
-    smoke = load_config(path, smoke=True)
+    smoke = load_plan(path, smoke=True).cfg
     assert smoke.name.endswith("-smoke") and smoke.training.epochs <= cfg.training.epochs
     # `kdlib sweep resume` re-validates the dumped config: it must come back identical
     for c in (cfg, smoke):
         again = validate(SweepConfig, c.model_dump(mode="json"))
-        assert again.model_dump(mode="json") == c.model_dump(mode="json") and again.config_hash() == c.config_hash()
+        assert again.model_dump(mode="json") == c.model_dump(mode="json") and config_hash(again) == config_hash(c)
 
 
 def test_quickstart_is_the_issue_grid():
-    cfg = load_config(SWEEPS / "quickstart.yaml")
+    cfg = load_plan(SWEEPS / "quickstart.yaml").cfg
     assert cfg.search.method == ["none", "output", "self_similarity"]
     assert cfg.search.student_ratio == [0.25, 0.04]
     assert len(grid_points(cfg.search)) == 6
@@ -70,7 +71,7 @@ def test_quickstart_is_the_issue_grid():
 ])
 def test_bad_values_are_refused_with_the_key_named(tmp_path, key, value, expected):
     with pytest.raises(ConfigError) as err:
-        load_config(_write(tmp_path, _with(key, value)))
+        load_plan(_write(tmp_path, _with(key, value)))
     message = str(err.value)
     assert expected in message
     assert "\n" not in message
@@ -80,12 +81,12 @@ def test_missing_required_section_is_named(tmp_path):
     data = dict(BASE)
     data.pop("search")
     with pytest.raises(ConfigError, match="missing key 'search'"):
-        load_config(_write(tmp_path, data))
+        load_plan(_write(tmp_path, data))
 
 
 def test_unimportable_plugin_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="plugins: cannot import 'no_such_kdlib_plugin'"):
-        load_config(_write(tmp_path, _with("plugins", ["no_such_kdlib_plugin"])))
+        load_plan(_write(tmp_path, _with("plugins", ["no_such_kdlib_plugin"])))
 
 
 def test_cli_prints_one_error_line_and_exits_2(tmp_path, capsys):
@@ -100,7 +101,7 @@ def test_grid_with_kd_knob_and_optuna_space_counts_every_cell(tmp_path):
     data["search"].update({"student_ratio": [0.5, 0.1], "seed": [0, 1], "repeats": 2,
                            "grid": {"kd.distance": ["mse", "kl"]},
                            "optuna": {"kd_weight": {"loguniform": [0.1, 10]}}})
-    cfg = load_config(_write(tmp_path, data))
+    cfg = load_plan(_write(tmp_path, data)).cfg
     points = grid_points(cfg.search)
     assert len(points) == 1 * 2 * 2 * 2 * 2
     assert {(p["student_ratio"], p["seed"], p["kd.distance"]) for p in points} == {
@@ -110,21 +111,21 @@ def test_grid_with_kd_knob_and_optuna_space_counts_every_cell(tmp_path):
 def test_variants_are_one_grid_dimension_and_are_validated(tmp_path):
     data = _with("search.method", ["self_similarity"])
     data["search"]["variants"] = {"full": {}, "time_only": {"streams": ["time"]}, "kl": {"distance": "kl"}}
-    cfg = load_config(_write(tmp_path, data))
+    cfg = load_plan(_write(tmp_path, data)).cfg
     points = grid_points(cfg.search)
     assert len(points) == 2 * 3 and {p["variant"] for p in points} == {"full", "time_only", "kl"}
     data["search"]["variants"]["bad"] = {"streams": ["space"]}
     with pytest.raises(ConfigError, match="search.variants.bad"):
-        load_config(_write(tmp_path, data))
+        load_plan(_write(tmp_path, data))
 
 
 def test_two_step_needs_a_supervised_phase(tmp_path):
     data = _with("training.schedule", "two_step")
     data["training"]["kd_only_epochs"] = data["training"]["epochs"]
     with pytest.raises(ConfigError, match="kd_only_epochs"):
-        load_config(_write(tmp_path, data))
+        load_plan(_write(tmp_path, data))
     with pytest.raises(ConfigError, match="search.grid.schedule"):
-        load_config(_write(tmp_path, _with("search.grid", {"schedule": ["joint", "three_step"]})))
+        load_plan(_write(tmp_path, _with("search.grid", {"schedule": ["joint", "three_step"]})))
 
 
 @pytest.mark.parametrize("mutate,expected", [
@@ -139,22 +140,49 @@ def test_student_and_exclusion_errors_name_the_key(tmp_path, mutate, expected):
     data = yaml.safe_load(yaml.safe_dump(BASE))
     mutate(data)
     with pytest.raises(ConfigError, match=expected):
-        load_config(_write(tmp_path, data))
+        load_plan(_write(tmp_path, data))
 
 
 def test_excluded_cells_are_not_run(tmp_path):
     data = yaml.safe_load(yaml.safe_dump(BASE))
     data["search"]["exclude"] = [{"method": "output", "student_ratio": 0.04}]
-    points = load_config(_write(tmp_path, data)).search.points()
+    points = load_plan(_write(tmp_path, data)).cfg.search.points()
     assert len(points) == 5 and {"method": "output", "student_ratio": 0.04, "seed": 0} not in points
 
 
 def test_set_overrides_apply_before_validation():
-    cfg = load_config(SWEEPS / "quickstart.yaml", overrides=["search.student_ratio=[0.1]", "training.epochs=2",
-                                                           "methods.output.wav_weight=3.5"])
+    cfg = load_plan(SWEEPS / "quickstart.yaml", overrides=["search.student_ratio=[0.1]", "training.epochs=2",
+                                                           "methods.output.wav_weight=3.5"]).cfg
     assert cfg.search.student_ratio == [0.1] and cfg.training.epochs == 2
     assert cfg.methods["output"]["wav_weight"] == 3.5
     with pytest.raises(ConfigError, match="unknown key 'search.colour'"):
-        load_config(SWEEPS / "quickstart.yaml", overrides=["search.colour=red"])
+        load_plan(SWEEPS / "quickstart.yaml", overrides=["search.colour=red"])
     with pytest.raises(ConfigError, match="expected dotted.key=value"):
-        load_config(SWEEPS / "quickstart.yaml", overrides=["training.epochs"])
+        load_plan(SWEEPS / "quickstart.yaml", overrides=["training.epochs"])
+
+
+@pytest.mark.parametrize("search,needle", [
+    ({"grid": {"kd.distance": ["mse", "cosine"]}}, "search.grid.kd.distance: value 'cosine' refused by KD method "
+                                                  "'self_similarity'"),
+    ({"grid": {"kd.temperature": [1.0, -2.0]}}, "search.grid.kd.temperature: value -2.0 refused"),
+    ({"optuna": {"kd.temperature": {"uniform": [-1.0, 2.0]}}}, "search.optuna.kd.temperature: value -1.0 refused"),
+    ({"optuna": {"kd.distance": {"choice": ["kl", "l1"]}}}, "search.optuna.kd.distance: value 'l1' refused"),
+    ({"grid": {"kd.no_such_knob": [1]}}, "search.grid.kd.no_such_knob: KD method 'self_similarity' has no knob"),
+])
+def test_bad_searched_kd_values_are_refused_at_validate_naming_the_key(tmp_path, capsys, search, needle):
+    data = _with("search.method", ["self_similarity"])
+    data["search"].update(search)
+    path = _write(tmp_path, data)
+    with pytest.raises(ConfigError) as exc:
+        load_plan(path)
+    assert needle in str(exc.value) and "\n" not in str(exc.value)
+    # the same line from `kdlib sweep validate`, before anything runs
+    assert main(["sweep", "validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kdlib: error:") and needle in err and "\n" not in err
+
+
+def test_good_searched_kd_values_pass(tmp_path):
+    data = _with("search.method", ["self_similarity"])
+    data["search"].update(grid={"kd.distance": ["mse", "kl"]}, optuna={"kd.temperature": {"loguniform": [0.1, 4]}})
+    assert load_plan(_write(tmp_path, data)).cfg.search.grid["kd.distance"] == ["mse", "kl"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 import tarfile
 import zipfile
 from pathlib import Path
@@ -327,11 +328,28 @@ def test_cache_array_set_deterministic_and_idempotent(synth_files, tmp_path, mon
     cache_array_set(again, tmp_path / "a", split_name="eval")
     assert mtimes == {p: p.stat().st_mtime_ns for p in split.rglob("*")}
 
-    # interrupted (no pairs.csv): rewritten to the same content
+    # written atomically: no temporary folder is left next to the set
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["eval"]
+
+    # a folder without pairs.csv (written by hand or by an older, non-atomic writer) is refused, not guessed at
     (split / "pairs.csv").unlink()
     (split / "noisy" / Path(rows[1]["noisy"]).name).unlink()
+    with pytest.raises(DataError, match=r"cached array set '.*eval' is incomplete \(no pairs.csv\): delete the folder"):
+        cache_array_set(ArrayMixer(speech, noise, **kw), tmp_path / "a", split_name="eval")
+    shutil.rmtree(split)  # as the message says: then it is written again, to the same content
     cache_array_set(ArrayMixer(speech, noise, **kw), tmp_path / "a", split_name="eval")
     assert (split / rows[1]["noisy"]).read_bytes() == (split_b / rows[1]["noisy"]).read_bytes()
+
+    # a function that builds the mixer is called only when the set must be written
+    built = []
+
+    def make():
+        built.append(1)
+        return ArrayMixer(speech, noise, **kw)
+
+    assert cache_array_set(make, tmp_path / "a", split_name="eval") == split and not built
+    assert cache_array_set(make, tmp_path / "d", split_name="eval") == tmp_path / "d" / "eval" and built == [1]
+    assert (tmp_path / "d" / "eval" / rows[2]["noisy"]).read_bytes() == (split_b / rows[2]["noisy"]).read_bytes()
 
     # other settings in the same folder are refused
     with pytest.raises(DataError, match="other settings"):
@@ -400,6 +418,32 @@ def test_l3das23_loader_on_built_archive(tmp_path):
         tf.add(kaggle_src / "L3DAS23_Task1_train_100", arcname="L3DAS23_Task1_train_100/L3DAS23_Task1_train_100")
     root2 = extract_archive(tgz, tmp_path / "kaggle_out")
     assert len(L3DAS23Corpus(root2, "train100")) == 1
+
+
+def test_l3das23_speakers_subset_and_kept_channels(tmp_path):
+    ids = ["1089-134686-0000", "1089-134686-0001", "1089-134686-0002", "121-121726-0000"]
+    written = _write_l3das_split(tmp_path, "dev", ids)
+    corpus = L3DAS23Corpus(tmp_path, "dev")
+    assert corpus.speakers() == ["1089", "121"] and corpus.speaker(3) == "121" and corpus.pesq_mode_hint == "wb"
+    sub = corpus.subset(["1089"], max_utterances=2)  # first and last of the speaker's scenes
+    assert sub.ids == ["1089-134686-0000", "1089-134686-0002"] and len(corpus) == 4
+    np.testing.assert_allclose(sub.load(1)[1], written[ids[2]][2], atol=1e-4)
+    with pytest.raises(DataError, match=r"no speaker\(s\) \['999'\]"):
+        corpus.subset(["999"])
+    with pytest.raises(ValueError, match="max_utterances"):
+        corpus.subset(max_utterances=0)
+
+    picked = L3DAS23Corpus(tmp_path, "dev", mics=("A", "B"), keep_channels=[5, 0])
+    noisy, _ = picked.load(0)
+    a, b, _ = written[ids[0]]
+    assert picked.channels == 2 and noisy.shape == (2, 1600)
+    np.testing.assert_allclose(noisy, np.stack([b[1], a[0]]), atol=1e-4)
+    mono = L3DAS23Corpus(tmp_path, "dev", keep_channels=[0])
+    x, _ = mono[0]
+    assert mono.channels == 1 and tuple(x.shape) == (1600,)
+    for bad in ([], [4], [1, 1]):
+        with pytest.raises(ValueError, match="keep_channels"):
+            L3DAS23Corpus(tmp_path, "dev", keep_channels=bad)
 
 
 def test_l3das23_refusals(tmp_path):

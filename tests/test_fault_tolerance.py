@@ -29,8 +29,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from kdlib.cli import main
-from kdlib.config import load_config
 from kdlib.errors import ConfigError
+from kdlib.sweep.plan import load_plan
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 3
@@ -153,11 +153,12 @@ def test_raise_sigkill_and_node_loss_on_a_two_node_cluster(cluster, output, data
         ray={"address": cluster.address, "max_failures": 2},
     )
     monkeypatch.setenv("KDLIB_OUTPUT", str(output))
-    cfg = load_config(path)
+    plan = load_plan(path)
     CLUSTERS["ft"] = cluster
     start = time.perf_counter()
     try:
-        outcome = run_sweep(cfg, report=False, callbacks=[RemoveNodeCallback("ft", str(node_log), before_epoch=EPOCHS)])
+        outcome = run_sweep(plan, report=False,
+                            callbacks=[RemoveNodeCallback("ft", str(node_log), before_epoch=EPOCHS)])
     finally:
         CLUSTERS.pop("ft", None)
     seconds = time.perf_counter() - start
@@ -360,7 +361,7 @@ def test_gpu_fraction_on_a_cluster_without_gpu_is_refused_before_any_work(cluste
 
     refused = r"^resources\.gpu: 0\.25 GPU per trial asked, but the Ray cluster has no GPU$"
     with pytest.raises(ConfigError, match=refused):
-        run_sweep(load_config(path))
+        run_sweep(load_plan(path))
     assert not ray.is_initialized()  # its connection was shut down again
     assert main(["sweep", "run", str(path)]) == 2
     assert "kdlib: error: resources.gpu: 0.25 GPU per trial asked" in capsys.readouterr().err

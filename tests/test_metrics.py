@@ -27,6 +27,7 @@ from kdlib.metrics import (
     score_utterance,
     si_sdr,
     si_sdr_torch,
+    specs,
     stoi_score,
 )
 from tests.conftest import SHARED_DATA
@@ -312,6 +313,53 @@ def test_known_baseline_of_noisy_vb_demand_subset() -> None:
     assert summary.count == 51 and summary.missing == {"pesq": 0, "stoi": 0}
     assert summary.means["pesq"] == pytest.approx(1.52, abs=0.02)
     assert summary.means["stoi"] == pytest.approx(0.882, abs=0.02)
+
+
+# ------------------------------------------------------------------------------------------ the metric table
+
+
+def _mae_scorer(
+    reference: np.ndarray, estimate: np.ndarray, sample_rate: int, pesq_mode: str
+) -> tuple[float | None, str | None]:
+    """Toy metric: mean absolute error (module level, so worker processes can unpickle it)."""
+    return float(np.mean(np.abs(reference - estimate))), None
+
+
+MAE = specs.MetricSpec("mae", "MAE", fmt=".4f", higher_is_better=False, score=_mae_scorer)
+
+
+@needs_vb
+def test_a_new_metric_is_one_table_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(specs, "METRICS", (*specs.METRICS, MAE))
+    pairs = [_vb_pair("p232_001.wav"), _vb_pair("p232_003.wav")]
+    refs, ests = [c for c, _ in pairs], [d for _, d in pairs]
+    expected = float(np.mean([np.mean(np.abs(c - d)) for c, d in pairs]))
+
+    summary = evaluate_pairs(refs, ests, SR, "wb")  # the default list is the table
+    assert list(summary.means) == [*METRIC_NAMES, "mae"] and summary.missing["mae"] == 0
+    assert summary.means["mae"] == pytest.approx(expected)
+    assert list(summary.as_flat_dict("test_"))[-2:] == ["test_mae", "test_mae_missing"]  # the MLflow keys
+    assert specs.metric_keys("noisy_")[-1] == "noisy_mae"
+    assert list(score_utterance(refs[0], ests[0], SR, "wb")) == [*METRIC_NAMES, "mae"]
+
+    # a table of the new metric alone: its function travels to worker processes, and a PESQ mode that no
+    # requested metric uses is not checked
+    monkeypatch.setattr(specs, "METRICS", (MAE,))
+    parallel = evaluate_pairs(refs, ests, SR, "unused", num_workers=2)
+    assert list(parallel.means) == ["mae"] and parallel.means["mae"] == pytest.approx(expected)
+    with pytest.raises(DataError, match="unknown metric.*'pesq'.*valid: mae"):
+        evaluate_pairs(refs, ests, SR, "wb", metrics=("pesq",))
+
+
+def test_metric_table_shape() -> None:
+    assert METRIC_NAMES == tuple(m.name for m in specs.METRICS) == ("pesq", "stoi", "estoi", "si_sdr")
+    assert all(m.score is not None for m in specs.METRICS)
+    assert [c.name for c in specs.COSTS] == ["params", "macs"] and not any(c.higher_is_better for c in specs.COSTS)
+    assert specs.metric("si_sdr").column_label == "SI-SDR (dB)"
+    assert specs.metric("pesq").axis_label("nb") == "PESQ (nb, MOS-LQO, unitless)"
+    assert specs.metric("stoi").axis_label("nb") == "STOI (0-1, unitless)"
+    with pytest.raises(DataError, match="unknown metric 'sdr'"):
+        specs.metric("sdr")
 
 
 # ------------------------------------------------------------------------------------------ bad input

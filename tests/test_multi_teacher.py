@@ -10,9 +10,10 @@ import mlflow
 import pytest
 import yaml
 
-from kdlib.config import SweepConfig, load_config
+from kdlib.config import SweepConfig
 from kdlib.errors import ConfigError
 from kdlib.models import build_model, count_params
+from kdlib.sweep.plan import load_plan, make_plan
 from kdlib.validation import validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,10 +46,11 @@ def test_named_teachers_become_a_grid_dimension_with_their_own_families():
     assert cfg.student_base(None, DCCRN, "complex") == ("dccrn", DCCRN)
     assert cfg.student_base(None, DPDCRN, "small")[0] == "dpdcrn"
     # each teacher its own checkpoint, keyed by its own config
-    assert cfg.teacher_path("small") != cfg.teacher_path("complex")
-    assert cfg.teacher_path("complex").name.startswith("dccrn-")
+    plan = make_plan(cfg)
+    assert plan.teacher("small").path != plan.teacher("complex").path
+    assert plan.teacher("complex").path.name.startswith("dccrn-")
     # smoke epochs reach every named teacher
-    smoke = cfg.with_smoke()
+    smoke = make_plan(cfg, smoke=True).cfg
     assert all(smoke.teacher_cfg(n).epochs == cfg.smoke.teacher_epochs for n in smoke.teacher_names())
 
 
@@ -67,7 +69,7 @@ def test_search_teacher_picks_a_subset():
 ])
 def test_bad_named_teachers_are_refused_naming_the_key(over, needle):
     with pytest.raises(ConfigError) as exc:
-        validate(SweepConfig, _raw(**over))
+        make_plan(validate(SweepConfig, _raw(**over)))
     assert needle in str(exc.value) and "\n" not in str(exc.value)
 
 
@@ -75,16 +77,16 @@ def test_a_method_that_cannot_apply_to_one_teacher_names_that_teacher():
     raw = _raw(teachers={"tasnet": {"model": {"name": "convtasnet", "kwargs": CONVTASNET}, "batch_size": 2}},
                search={"method": ["mask_matching"], "student_ratio": [0.5]})
     with pytest.raises(ConfigError, match=r"methods.mask_matching \(teacher 'tasnet'\)"):
-        validate(SweepConfig, raw)
+        make_plan(validate(SweepConfig, raw))
 
 
 def test_shipped_dfkd_backbones_sweep_has_three_backbone_teachers():
-    cfg = load_config(REPO / "sweeps" / "dfkd_backbones.yaml")
+    cfg = load_plan(REPO / "sweeps" / "dfkd_backbones.yaml").cfg
     families = {cfg.teacher_cfg(n).model.name for n in cfg.teacher_names()}
     assert families == {"dccrn", "convtasnet", "dptnet"}
     assert set(cfg.search.method) >= {"dfkd", "output"}
     assert {0.25, 0.04} <= set(cfg.search.student_ratio)
-    smoke = load_config(REPO / "sweeps" / "dfkd_backbones.yaml", smoke=True)
+    smoke = load_plan(REPO / "sweeps" / "dfkd_backbones.yaml", smoke=True).cfg
     assert {c["teacher"] for c in smoke.search.points()} == {"dccrn", "convtasnet", "dptnet"}
     # smoke.teacher_ratio: each smoke teacher is its own family at 10 % (±10 %) of the full teacher
     for name in cfg.teacher_names():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import threading
 from pathlib import Path
 
@@ -13,19 +14,15 @@ import pytest
 import torch
 import yaml
 
-from kdlib.config import SweepConfig, load_config
+from kdlib.config import SweepConfig
 from kdlib.data import speaker_matches
+from kdlib.data.sources import ARRAY_CACHE_DIR, ArraySource, data_source
 from kdlib.errors import ConfigError, DataError
+from kdlib.kd import build_kd_method
+from kdlib.losses import task_loss_for
 from kdlib.models import build_model
-from kdlib.train.datasets import (
-    ARRAY_CACHE_DIR,
-    array_cache_dir,
-    array_plan,
-    build_sweep_data,
-    eval_mixer,
-    eval_sets,
-)
-from kdlib.train.trainer import Trainer, TrialSpec
+from kdlib.sweep.plan import load_plan, make_plan
+from kdlib.train.trainer import Trainer, TrainSettings
 from kdlib.validation import validate
 
 SWEEP = Path(__file__).resolve().parents[1] / "sweeps" / "ftjnf_multichannel.yaml"
@@ -52,6 +49,13 @@ def _cfg(**array) -> SweepConfig:
     return validate(SweepConfig, _raw(**array))
 
 
+def _source(cfg: SweepConfig, output: Path | None = None) -> ArraySource:
+    """The sweep's data source; the output folder defaults to ``$KDLIB_OUTPUT`` (the module's)."""
+    source = data_source(cfg.data, None, output or Path(os.environ["KDLIB_OUTPUT"]))
+    assert isinstance(source, ArraySource)
+    return source
+
+
 def _files(folder: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -70,9 +74,9 @@ def sweep(data_root, out_dir) -> SweepConfig:
 
 
 @pytest.fixture(scope="module")
-def data(sweep):
+def data(sweep, out_dir):
     torch.set_num_threads(1)
-    return build_sweep_data(sweep, seed=0)
+    return _source(sweep, out_dir).build(seed=0)
 
 
 # -- config -------------------------------------------------------------------------------------
@@ -115,7 +119,7 @@ def test_either_array_or_paired_valid_test(edit, expected):
 ])
 def test_impossible_array_values_are_refused_with_the_key_named(array, expected):
     with pytest.raises(ConfigError) as err:
-        _cfg(**array)
+        _source(_cfg(**array), Path(".")).check()  # the schema's checks, then the simulator's (at load time)
     assert expected in str(err.value) and "\n" not in str(err.value)
 
 
@@ -125,7 +129,7 @@ def test_the_study_yaml_loads_and_validates_also_in_smoke_form():
     assert raw["teacher"]["model"]["kwargs"]["n_lstm_hidden1"] == 512  # methods.md §4.3 teacher
     # the full-size teacher is validated by test_config's every-shipped-sweep test; here a tiny one
     for smoke in (False, True):
-        cfg = load_config(SWEEP, smoke=smoke, overrides=SMALL_TEACHER)
+        cfg = load_plan(SWEEP, smoke=smoke, overrides=SMALL_TEACHER).cfg
         assert cfg.data.array.n_mics == cfg.teacher.model.kwargs["n_channels"] == 5
         assert cfg.search.method == ["none", "mask_matching", "signal_matching", "ss_wideband",
                                      "ss_narrowband", "fused_multilayer"]
@@ -143,29 +147,30 @@ def test_the_study_yaml_loads_and_validates_also_in_smoke_form():
 
 def test_unknown_speakers_and_noise_files_are_data_errors(data_root, out_dir):
     with pytest.raises(DataError, match=r"data.array.test.speakers: no speaker folder \['p232'\]"):
-        eval_sets(_cfg(test={"speakers": ["p232"], "items": 2}))
+        _source(_cfg(test={"speakers": ["p232"], "items": 2})).eval_sets()
     with pytest.raises(DataError, match="data.array.eval_noise: no file"):
-        eval_sets(_cfg(eval_noise=["no_such_noise.wav"]))
-    with pytest.raises(ConfigError, match="data.array.n_mics is 4"):  # the 5-channel teacher
-        eval_sets(_cfg(n_mics=4))
+        _source(_cfg(eval_noise=["no_such_noise.wav"])).eval_sets()
+    with pytest.raises(ConfigError, match="data.array.n_mics is 4"):  # the 5-channel teacher, refused by the plan
+        make_plan(_cfg(n_mics=4))
 
 
 # -- data ---------------------------------------------------------------------------------------
 
 
 def test_eval_sets_are_cached_once_and_reused(sweep, data, out_dir):
-    base = array_cache_dir(sweep)
+    source = _source(sweep)
+    base = source.cache_dir()
     assert base.parent == out_dir / ARRAY_CACHE_DIR
     assert data.valid.path == base / "valid" and data.test.path == base / "test"
     before = _files(base)
     assert len(before) == 2 * (2 * 2 + 2)  # per split: 2 noisy + 2 clean + pairs.csv + meta.json
-    valid, test = eval_sets(sweep)  # what every trial does: read, never rewrite
-    build_sweep_data(sweep, seed=1)
+    valid, test = source.eval_sets()  # what every trial does: read, never rewrite
+    _source(sweep).build(seed=1)
     assert _files(base) == before
     assert [p.utt_id for p in valid] == [p.utt_id for p in data.valid] == ["valid_00000", "valid_00001"]
     assert not [p for p in base.iterdir() if p.name.startswith(".")]  # no temporary folder left
     # another array config gets its own folder
-    assert array_cache_dir(_cfg(rt60_s=[0.3, 0.6])) != base
+    assert _source(_cfg(rt60_s=[0.3, 0.6])).cache_dir() != base
 
 
 def test_concurrent_first_writers_leave_one_complete_set(data_root, tmp_path, monkeypatch):
@@ -175,7 +180,7 @@ def test_concurrent_first_writers_leave_one_complete_set(data_root, tmp_path, mo
 
     def call():
         try:
-            results.append(eval_sets(cfg))
+            results.append(_source(cfg, tmp_path).eval_sets())
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -185,7 +190,7 @@ def test_concurrent_first_writers_leave_one_complete_set(data_root, tmp_path, mo
     for t in threads:
         t.join()
     assert not errors and len(results) == 2
-    base = array_cache_dir(cfg)
+    base = _source(cfg, tmp_path).cache_dir()
     assert sorted(p.name for p in base.iterdir()) == ["test", "valid"]
     assert [len(v) for v, _ in results] == [2, 2]
 
@@ -197,21 +202,22 @@ def test_valid_test_and_train_speakers_are_disjoint(sweep, data):
     assert len(data.train_speakers) > 150
     train_speakers = {p.parent.name for p in data.train.speech_files}
     assert train_speakers == set(data.train_speakers)
-    excluded = array_plan(_cfg()).train_speakers  # exclude_speakers also leaves training
+    excluded = _source(_cfg()).plan().train_speakers  # exclude_speakers also leaves training
     raw = _raw()
     raw["data"]["train"]["exclude_speakers"] = ["vctk_p227"]
-    assert "vctk_p227" in excluded and "vctk_p227" not in array_plan(validate(SweepConfig, raw)).train_speakers
+    assert "vctk_p227" in excluded and "vctk_p227" not in _source(validate(SweepConfig, raw)).plan().train_speakers
 
 
 def test_held_out_noise_files_never_train(sweep, data):
-    plan = array_plan(sweep)
+    source = _source(sweep)
+    plan = source.plan()
     assert plan.eval_noise and not set(plan.eval_noise) & set(plan.train_noise)
     assert len(plan.eval_noise) == round(0.2 * (len(plan.eval_noise) + len(plan.train_noise)))
     assert not set(data.train.noise_files) & set(plan.eval_noise)
     for split in ("valid", "test"):
-        assert eval_mixer(sweep, split, plan).noise_files == plan.eval_noise
+        assert source.eval_mixer(split, plan).noise_files == plan.eval_noise
     chosen = sorted(p.name for p in plan.train_noise[:2])
-    explicit = array_plan(_cfg(eval_noise=chosen))
+    explicit = _source(_cfg(eval_noise=chosen)).plan()
     assert [p.name for p in explicit.eval_noise] == chosen and not set(explicit.eval_noise) & set(explicit.train_noise)
 
 
@@ -224,13 +230,16 @@ def test_trainer_epoch_validate_and_test_on_multichannel_batches(sweep, data):
     assert data.valid.load(0)[0].shape == (5, 16000)
     torch.manual_seed(0)
     teacher = build_model("ftjnf", TEACHER).eval()
-    trainer = Trainer(sweep, TrialSpec("fused_multilayer", 0.25, seed=0, lr=1e-3), STUDENT, data, teacher, "cpu",
-                      log=lambda _: None)
+    student = build_model("ftjnf", STUDENT)
+    kd = build_kd_method("fused_multilayer", student, teacher, sweep.methods.get("fused_multilayer", {}))
+    settings = TrainSettings(epochs=1, batch_size=2, lr=1e-3, grad_clip=sweep.training.grad_clip,
+                             selection_metric="val_si_sdr")
+    trainer = Trainer(student, teacher, kd, task_loss_for(student), data, settings, "cpu", log=lambda _: None)
     stats = trainer.train_epoch()
     assert all(math.isfinite(stats[k]) for k in ("train_loss", "task_loss", "kd_loss")) and stats["kd_loss"] > 0
     val = trainer.validate()
     assert math.isfinite(val["val_si_sdr"])
-    test = trainer.test()
+    test = trainer.test().as_flat_dict("test_")
     assert math.isfinite(test["test_si_sdr"]) and math.isfinite(test["test_stoi"])
     assert math.isfinite(test["test_pesq"]) or test["test_pesq_missing"] > 0
     assert trainer.complexity(sum(p.numel() for p in teacher.parameters()))["kd_extra_params"] > 0

@@ -33,6 +33,8 @@ TRIALS = [
     ("out_04_1", "output", 0.04, 1, 2.45, 0.875, "off"),
     ("ss_04_0", "self_similarity", 0.04, 0, 2.40, 0.885, "on"),
 ]
+#: the quality columns of load_runs' frame, in the order of kdlib.metrics.specs.METRICS
+METRIC_ORDER = ["pesq", "stoi", "estoi", "si_sdr"]
 PESQ_FRONT = {"out_04_1", "out_25_0"}
 STOI_FRONT = {"ss_04_0", "ss_25_0"}
 
@@ -454,11 +456,71 @@ def test_write_report_end_to_end(store: Store, tmp_path: Path) -> None:
 
 
 def test_methods_share_colours_across_plots() -> None:
-    from kdlib.report.pareto import _method_styles
+    from kdlib.report.plots import method_styles
 
     methods = ["output", "none", "self_similarity", "none"]
-    styles = _method_styles(methods)
-    assert styles == _method_styles(reversed(methods))
+    styles = method_styles(methods)
+    assert styles == method_styles(reversed(methods))
     assert styles["none"][1] == "s"
     assert len({c for c, _ in styles.values()}) == len(styles)
     assert list(itertools.islice(styles, 1)) == ["none"]
+
+
+# ----------------------------------------------------------------------------------------------
+# columns follow the metric table
+
+
+def _mae_scorer(
+    reference: np.ndarray, estimate: np.ndarray, sample_rate: int, pesq_mode: str
+) -> tuple[float | None, str | None]:
+    """Toy metric: mean absolute error."""
+    return float(np.mean(np.abs(reference - estimate))), None
+
+
+def test_a_new_metric_becomes_mlflow_keys_and_report_columns(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """One MetricSpec entry: evaluate_pairs scores it, its flat keys are the MLflow keys the report reads,
+    and it is a column of load_runs' frame and of every table of build_report."""
+    from mlflow import MlflowClient
+
+    from kdlib.metrics import evaluate_pairs, specs
+
+    mae = specs.MetricSpec("mae", "MAE", fmt=".4f", higher_is_better=False, score=_mae_scorer)
+    monkeypatch.setattr(specs, "METRICS", (*specs.METRICS, mae))
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal(1600)
+
+    def scores(prefix: str, error: float) -> dict[str, float]:
+        summary = evaluate_pairs([ref], [ref + error], 16000, "wb", metrics=["mae", "si_sdr"])
+        return summary.as_flat_dict(prefix)
+
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db.as_posix()}"
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment("toy", artifact_location=(tmp_path / "art").as_uri())
+    parent = _parent(client, exp_id, "sweep", 1_000, "hash-toy")
+    teacher = _child(client, exp_id, parent, "teacher", "teacher", 1_100)
+    _log(client, teacher, {"method": "teacher", "student_ratio": "1.0"},
+         {"params": 1e6, "test_pesq": 3.0, "test_stoi": 0.95, **scores("test_", 0.01), **scores("noisy_", 0.5)})
+    client.set_terminated(teacher)
+    for i, (method, error) in enumerate((("none", 0.2), ("output", 0.1))):
+        rid = _child(client, exp_id, parent, "trial", method, 1_200 + i)
+        _log(client, rid, {**_common(method, 0.25), "seed": "0"},
+             {"params": 2.5e5, "params_pct": 25.0, "test_pesq": 2.5 + i, "test_stoi": 0.9, **scores("test_", error)})
+        client.set_terminated(rid)
+
+    df = load_runs(uri, "toy")
+    names = [*METRIC_ORDER, "mae"]
+    assert [c for c in df.columns if c in names or c.startswith("noisy_")] == [
+        *names, *[f"noisy_{n}" for n in names]
+    ]
+    by_name = df.set_index("run_name")
+    assert by_name.loc["output", "mae"] == pytest.approx(0.1)
+    assert by_name.loc["teacher", "noisy_mae"] == pytest.approx(0.5)
+
+    text = build_report(df, tmp_path / "rep", title="toy")["report"].read_text(encoding="utf-8")
+    ref_sec = text.split("## Reference points")[1].split("## Non-dominated")[0]
+    assert "| SI-SDR (dB) | MAE |" in ref_sec and "| 0.5000 |" in ref_sec and "| 0.0100 |" in ref_sec
+    pesq_sec = text.split("## Non-dominated trials: PESQ")[1].split("## Non-dominated trials: STOI")[0]
+    assert "| MAE | ΔPESQ vs none |" in pesq_sec and "| 0.1000 | +1.000 |" in pesq_sec
+    summary = text.split("## Per method")[1].split("## Failed")[0]
+    assert "| MAE | ΔPESQ vs none (mean) |" in summary and "| 0.2000 | +0.000 |" in summary

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdlib.config import load_config
 from kdlib.errors import ConfigError
 from kdlib.kd import FeatureTaps, build_kd_method
 from kdlib.losses import CompressedSpectralLoss
 from kdlib.models import build_model, count_params, size_student
+from kdlib.sweep.plan import load_plan
 from tests.kd_helpers import kd_inputs
 
 SWEEP = Path(__file__).resolve().parents[1] / "sweeps" / "subband_kd.yaml"
@@ -81,7 +81,7 @@ def test_subband_kd_refuses_models_it_cannot_pair():
 
 
 def test_subband_sweep_grid_has_the_full_band_baseline_and_no_invalid_cell():
-    cfg = load_config(SWEEP)
+    cfg = load_plan(SWEEP).cfg
     cells = {(p["method"], p["student"]) for p in cfg.search.points()}
     assert cells == {("none", "subband"), ("none", "fullband"), ("subband_kd", "subband")}
     assert cfg.student_base("fullband", cfg.teacher.model.kwargs) == (

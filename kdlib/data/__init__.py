@@ -1,4 +1,9 @@
-"""Audio I/O, paired corpora, unpaired speech/noise listing, speaker splits and on-the-fly mixing."""
+"""Audio I/O, paired corpora, unpaired speech/noise listing, speaker splits and on-the-fly mixing.
+
+Also here, imported on demand: :mod:`kdlib.data.array` (simulated microphone arrays), :mod:`kdlib.data.l3das`
+(the L3DAS23 corpus), :mod:`kdlib.data.cache` (write-once folders) and :mod:`kdlib.data.sources` (the sweep's
+data sources, which read the ``data`` schema; this package itself imports no schema).
+"""
 
 from kdlib.data.audio import AUDIO_SUFFIXES, audio_info, read_audio, write_audio
 from kdlib.data.mixing import SpeechNoiseMixer, mix_at_snr

@@ -19,10 +19,11 @@ set ``PRA_NUM_THREADS=1`` when several DataLoader workers share few cores.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ import pyroomacoustics as pra
 import torch
 from scipy import fft as sp_fft
 
-from kdlib.data.audio import audio_info, write_audio
+from kdlib.data.audio import write_audio
+from kdlib.data.cache import write_once
 from kdlib.data.mixing import EpochDataset, SourcePool
 from kdlib.errors import DataError
 
@@ -554,83 +556,27 @@ class ArrayMixer(EpochDataset):
 # -- fixed evaluation sets on disk ---------------------------------------------------------------
 
 _CSV_COLUMNS = ("noisy", "clean", "speaker", "snr_db", "rt60_s", "n_noise", "room_dim_m", "speech_file")
+#: written last: its presence marks a complete set (see :func:`kdlib.data.cache.write_once`)
+_PAIRS = "pairs.csv"
 
 
-def _cache_complete(split_dir: Path, meta: dict[str, Any], n_items: int, channels: int) -> bool:
-    meta_path, csv_path = split_dir / "meta.json", split_dir / "pairs.csv"
-    if not meta_path.is_file():
-        return False
+def _check_meta(split_dir: Path, meta: dict[str, Any]) -> None:
+    """Refuse a complete set whose ``meta.json`` differs from the mixer's settings."""
     try:
-        old = json.loads(meta_path.read_text())
+        old = json.loads((split_dir / "meta.json").read_text())
     except (OSError, json.JSONDecodeError):
-        return False
+        old = None
     if old != meta:
         raise DataError(
             f"cached set '{split_dir}' was written with other settings (meta.json differs: seed, epoch, "
             "files or simulation parameters): delete the folder or choose another split_name"
         )
-    if not csv_path.is_file():
-        return False
-    with csv_path.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if len(rows) != n_items:
-        return False
-    for row in rows:
-        noisy, clean = split_dir / row["noisy"], split_dir / row["clean"]
-        if not (noisy.is_file() and clean.is_file()):
-            return False
-        try:
-            if audio_info(noisy)[2] != channels or audio_info(clean)[2] != 1:
-                return False
-        except DataError:
-            return False
-    return True
 
 
-def cache_array_set(
-    mixer: ArrayMixer, out_dir: str | os.PathLike[str], n_items: int | None = None, split_name: str = "test"
-) -> Path:
-    """Write items ``0 .. n_items-1`` of ``mixer`` (current seed and epoch) to disk as a fixed paired set.
-
-    Layout of ``out_dir/split_name/``:
-
-    * ``noisy/<split_name>_<i:05d>.wav``: M-channel 16-bit PCM wav (channel m = mic m, mic 0 = reference);
-    * ``clean/<same name>.wav``: mono 16-bit PCM target at mic 0, same length;
-    * ``pairs.csv``: columns ``noisy, clean`` (relative paths), ``speaker``, ``snr_db`` (drawn, dB),
-      ``rt60_s`` (drawn, s), ``n_noise``, ``room_dim_m`` ("x y z"), ``speech_file``;
-    * ``meta.json``: ``mixer.config()`` plus ``n_items``, so a later call can tell whether the set matches.
-
-    Deterministic: the same mixer settings (seed, epoch, files, parameters) give the same files. Idempotent:
-    a complete set with the same ``meta.json`` is left untouched; an incomplete one (interrupted run) is
-    rewritten; ``pairs.csv`` is written last. The folder reads back with ``PairedCorpus(path, layout="csv")``
-    once that class accepts multi-channel noisy files (it expects mono today).
-
-    Args:
-        mixer: the simulator; its epoch is recorded.
-        out_dir: parent folder.
-        n_items: number of items, 1 <= n_items <= len(mixer); default len(mixer).
-        split_name: sub-folder and file-name prefix (letters, digits, ``-`` and ``_``).
-
-    Returns:
-        The split folder ``out_dir/split_name``.
-
-    Raises:
-        ValueError: ``n_items`` or ``split_name`` is invalid.
-        DataError: the folder holds a set written with other settings.
-    """
-    n_items = len(mixer) if n_items is None else int(n_items)
-    if not 1 <= n_items <= len(mixer):
-        raise ValueError(f"cache_array_set: n_items must be in [1, {len(mixer)}] (len(mixer)), got {n_items}")
-    if not split_name or not all(c.isalnum() or c in "-_" for c in split_name):
-        raise ValueError(f"cache_array_set: split_name must be letters, digits, '-' or '_', got {split_name!r}")
-    split_dir = Path(out_dir) / split_name
-    meta = {**mixer.config(), "n_items": n_items}
-    if _cache_complete(split_dir, meta, n_items, mixer.n_mics):
-        return split_dir
+def _write_set(mixer: ArrayMixer, split_dir: Path, n_items: int, split_name: str, meta: dict[str, Any]) -> None:
+    """Draw items ``0 .. n_items-1`` into the empty folder ``split_dir``; ``pairs.csv`` last."""
     (split_dir / "noisy").mkdir(parents=True, exist_ok=True)
     (split_dir / "clean").mkdir(parents=True, exist_ok=True)
-    csv_path = split_dir / "pairs.csv"
-    csv_path.unlink(missing_ok=True)
     (split_dir / "meta.json").write_text(json.dumps(meta, indent=1))
     rows = []
     for i in range(n_items):
@@ -650,10 +596,69 @@ def cache_array_set(
                 "speech_file": f"{d['speech_file'].parent.name}/{d['speech_file'].name}",
             }
         )
-    tmp = split_dir / "pairs.csv.tmp"
-    with tmp.open("w", newline="") as fh:
+    with (split_dir / _PAIRS).open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=_CSV_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(csv_path)
-    return split_dir
+
+
+def _n_items(mixer: ArrayMixer, n_items: int | None) -> int:
+    n = len(mixer) if n_items is None else int(n_items)
+    if not 1 <= n <= len(mixer):
+        raise ValueError(f"cache_array_set: n_items must be in [1, {len(mixer)}] (len(mixer)), got {n_items}")
+    return n
+
+
+def cache_array_set(
+    mixer: ArrayMixer | Callable[[], ArrayMixer],
+    out_dir: str | os.PathLike[str],
+    n_items: int | None = None,
+    split_name: str = "test",
+) -> Path:
+    """Write items ``0 .. n_items-1`` of ``mixer`` (current seed and epoch) to disk once, as a fixed paired set.
+
+    Layout of ``out_dir/split_name/``:
+
+    * ``noisy/<split_name>_<i:05d>.wav``: M-channel 16-bit PCM wav (channel m = mic m, mic 0 = reference);
+    * ``clean/<same name>.wav``: mono 16-bit PCM target at mic 0, same length;
+    * ``pairs.csv``: columns ``noisy, clean`` (relative paths), ``speaker``, ``snr_db`` (drawn, dB),
+      ``rt60_s`` (drawn, s), ``n_noise``, ``room_dim_m`` ("x y z"), ``speech_file``;
+    * ``meta.json``: ``mixer.config()`` plus ``n_items``, so a later call can tell whether the set matches.
+
+    The set is written with :func:`kdlib.data.cache.write_once`: into a private temporary folder next to
+    it, then renamed into place, so readers see complete sets only and of two concurrent first writers
+    one wins. Deterministic: the same mixer settings (seed, epoch, files, parameters) give the same files.
+    A complete set (``pairs.csv`` present) is only read: nothing is drawn or rewritten. The folder reads
+    back with ``PairedCorpus(path, layout="csv", channels=M)``.
+
+    Args:
+        mixer: the simulator (its epoch is recorded), or a function without arguments that builds it.
+            Building a mixer reads every audio file, so a caller whose ``out_dir`` already identifies the
+            settings (e.g. by a hash, as the sweep's array data source does) passes a function: it is
+            called only when the set must be written, and a complete set is then trusted without a
+            ``meta.json`` comparison.
+        out_dir: parent folder.
+        n_items: number of items, 1 <= n_items <= len(mixer); default len(mixer).
+        split_name: sub-folder and file-name prefix (letters, digits, ``-`` and ``_``).
+
+    Returns:
+        The split folder ``out_dir/split_name``.
+
+    Raises:
+        ValueError: ``n_items`` or ``split_name`` is invalid.
+        DataError: the folder holds a set written with other settings (``meta.json`` differs; only checked
+            when ``mixer`` is a mixer), or an incomplete one (no ``pairs.csv``: delete the folder).
+    """
+    if not split_name or not all(c.isalnum() or c in "-_" for c in split_name):
+        raise ValueError(f"cache_array_set: split_name must be letters, digits, '-' or '_', got {split_name!r}")
+    split_dir = Path(out_dir) / split_name
+    check: Callable[[Path], None] | None = None
+    if isinstance(mixer, ArrayMixer):  # arguments are refused before anything is read or written
+        check = functools.partial(_check_meta, meta={**mixer.config(), "n_items": _n_items(mixer, n_items)})
+
+    def fill(folder: Path) -> None:
+        m = mixer if isinstance(mixer, ArrayMixer) else mixer()
+        n = _n_items(m, n_items)
+        _write_set(m, folder, n, split_name, {**m.config(), "n_items": n})
+
+    return write_once(split_dir, fill, _PAIRS, "cached array set", check)

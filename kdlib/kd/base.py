@@ -101,5 +101,9 @@ def validate_kd_kwargs(name: str, kwargs: dict[str, Any] | None) -> KDConfig:
 
 def build_kd_method(name: str, student: SEModel, teacher: SEModel | None,
                     kwargs: dict[str, Any] | None = None) -> KDMethod:
-    """Instantiate a registered KD method for a student/teacher pair."""
-    return KD_METHODS.get(name)(student, teacher, **(kwargs or {}))
+    """Instantiate a registered KD method for a student/teacher pair.
+
+    Raises:
+        RegistryError: unknown method. ConfigError: bad kwargs or taps, naming the key.
+    """
+    return KD_METHODS.build(name, kwargs, student, teacher)

@@ -1,11 +1,12 @@
 """Speech-enhancement metrics: PESQ (P.862/P.862.2), STOI, ESTOI and SI-SDR, per utterance and per set.
 
-Imports neither torch, Ray nor MLflow (``si_sdr_torch`` works on tensors it is given).
+:mod:`kdlib.metrics.specs` holds the metric table (:data:`METRICS`, :data:`COSTS`) that the evaluation, the
+sweep's MLflow keys and the report's columns follow. Imports neither torch, Ray nor MLflow (``si_sdr_torch``
+works on tensors it is given).
 """
 
 from kdlib.metrics.evaluate import MetricSummary, evaluate_pairs, score_utterance
 from kdlib.metrics.scores import (
-    METRIC_NAMES,
     PESQ_MODES,
     MetricWarning,
     check_pesq_mode,
@@ -14,14 +15,19 @@ from kdlib.metrics.scores import (
     si_sdr_torch,
     stoi_score,
 )
+from kdlib.metrics.specs import COSTS, METRIC_NAMES, METRICS, MetricSpec, metric_keys
 
 __all__ = [
+    "COSTS",
+    "METRICS",
     "METRIC_NAMES",
     "PESQ_MODES",
+    "MetricSpec",
     "MetricSummary",
     "MetricWarning",
     "check_pesq_mode",
     "evaluate_pairs",
+    "metric_keys",
     "pesq_score",
     "score_utterance",
     "si_sdr",

@@ -1,4 +1,5 @@
-"""Score many (reference, estimate) pairs with PESQ/STOI/ESTOI/SI-SDR, optionally in worker processes.
+"""Score many (reference, estimate) pairs with the metrics of :data:`kdlib.metrics.specs.METRICS` (PESQ,
+STOI, ESTOI, SI-SDR), optionally in worker processes.
 
 A metric that cannot score an utterance (see :mod:`kdlib.metrics.scores`) never raises: the utterance is
 counted in :attr:`MetricSummary.missing`, left out of the mean, and one summary :class:`MetricWarning`
@@ -22,16 +23,8 @@ from typing import Any
 import numpy as np
 
 from kdlib.errors import ConfigError, DataError, KdlibError
-from kdlib.metrics.scores import (
-    METRIC_NAMES,
-    MetricWarning,
-    _check_pair,
-    _check_sample_rate,
-    _pesq_or_reason,
-    _si_sdr_or_reason,
-    _stoi_or_reason,
-    check_pesq_mode,
-)
+from kdlib.metrics import specs
+from kdlib.metrics.scores import MetricWarning, _check_pair, _check_sample_rate, check_pesq_mode
 
 __all__ = ["MetricSummary", "evaluate_pairs", "score_utterance"]
 
@@ -65,8 +58,6 @@ def _start_method() -> str:
     return method
 
 
-_LABELS = {"pesq": "PESQ", "stoi": "STOI", "estoi": "ESTOI", "si_sdr": "SI-SDR"}
-
 Scores = dict[str, float | None]
 Reasons = dict[str, str]
 
@@ -76,8 +67,9 @@ class MetricSummary:
     """Scores of a set of utterances.
 
     Attributes:
-        means: metric name -> mean over the utterances that metric could score (NaN if it scored none).
-            PESQ is MOS-LQO, STOI/ESTOI are in 0 ... 1, SI-SDR is in dB.
+        means: metric name -> mean over the utterances that metric could score (NaN if it scored none), in
+            the metric's unit (:data:`kdlib.metrics.specs.METRICS`: PESQ is MOS-LQO, STOI/ESTOI are in 0 ... 1,
+            SI-SDR is in dB).
         missing: metric name -> number of utterances the metric could not score.
         per_utterance: one ``{metric name: value or None}`` dict per utterance, in input order.
         count: number of utterances evaluated.
@@ -89,28 +81,41 @@ class MetricSummary:
     count: int = 0
 
     def as_flat_dict(self, prefix: str = "") -> dict[str, float]:
-        """``{prefix+name: mean, prefix+name+"_missing": missing count}`` for every metric (for logging)."""
+        """``{prefix+name: mean, prefix+name+"_missing": missing count}`` for every metric (for logging).
+
+        With the sweep's prefixes these are the MLflow keys ``test_<name>``, ``test_<name>_missing``,
+        ``noisy_<name>``; with no prefix, the keys of ``kdlib eval``'s JSON output.
+        """
         flat: dict[str, float] = {}
         for name, mean in self.means.items():
             flat[f"{prefix}{name}"] = mean
-            flat[f"{prefix}{name}_missing"] = self.missing[name]
+            flat[f"{prefix}{name}{specs.MISSING_SUFFIX}"] = self.missing[name]
         return flat
 
 
-def _check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
-    names = (metrics,) if isinstance(metrics, str) else tuple(metrics)
-    unknown = [n for n in names if n not in METRIC_NAMES]
+def _check_metrics(metrics: Sequence[str] | None) -> tuple[specs.MetricSpec, ...]:
+    """The specs of the requested names, duplicates dropped (``None``: the whole table), in request order.
+
+    Raises:
+        DataError: an unknown name (the message lists the valid ones) or an empty request.
+    """
+    table = {m.name: m for m in specs.METRICS}  # read now, not at import: a replaced table is followed
+    names = tuple(table) if metrics is None else (metrics,) if isinstance(metrics, str) else tuple(metrics)
+    unknown = [n for n in names if n not in table]
     if unknown:
-        raise DataError(
-            f"unknown metric(s) {', '.join(map(repr, unknown))}; valid: {', '.join(METRIC_NAMES)}"
-        )
+        raise DataError(f"unknown metric(s) {', '.join(map(repr, unknown))}; valid: {', '.join(table)}")
     if not names:
-        raise DataError(f"no metric requested; valid: {', '.join(METRIC_NAMES)}")
-    return tuple(dict.fromkeys(names))  # drop duplicates, keep order
+        raise DataError(f"no metric requested; valid: {', '.join(table)}")
+    return tuple(table[n] for n in dict.fromkeys(names))  # drop duplicates, keep order
+
+
+# (name, score function) per requested metric: the functions travel with each job (pickled by reference), so
+# a worker scores with exactly what the caller checked, whatever start method made it
+Scorers = tuple[tuple[str, specs.ScoreFn], ...]
 
 
 def _score_checked(
-    reference: np.ndarray, estimate: np.ndarray, sample_rate: int, pesq_mode: str, metrics: tuple[str, ...]
+    reference: np.ndarray, estimate: np.ndarray, sample_rate: int, pesq_mode: str, scorers: Scorers
 ) -> tuple[Scores, Reasons]:
     """Score one already-validated pair; returns the scores and, for missing ones, the reason.
 
@@ -118,31 +123,35 @@ def _score_checked(
     """
     scores: Scores = {}
     reasons: Reasons = {}
-    for name in metrics:
-        if name == "pesq":
-            value, reason = _pesq_or_reason(reference, estimate, sample_rate, pesq_mode)
-        elif name == "stoi":
-            value, reason = _stoi_or_reason(reference, estimate, sample_rate, extended=False)
-        elif name == "estoi":
-            value, reason = _stoi_or_reason(reference, estimate, sample_rate, extended=True)
-        else:
-            value, reason = _si_sdr_or_reason(estimate, reference)
+    for name, score in scorers:
+        value, reason = score(reference, estimate, sample_rate, pesq_mode)
         scores[name] = value
         if reason is not None:
             reasons[name] = reason
     return scores, reasons
 
 
-def _score_job(job: tuple[np.ndarray, np.ndarray, int, str, tuple[str, ...]]) -> tuple[Scores, Reasons]:
+def _score_job(job: tuple[np.ndarray, np.ndarray, int, str, Scorers]) -> tuple[Scores, Reasons]:
     return _score_checked(*job)
 
 
-def _check_common(sample_rate: Any, pesq_mode: Any, metrics: Sequence[str]) -> tuple[int, tuple[str, ...]]:
-    names = _check_metrics(metrics)
+def _check_common(sample_rate: Any, pesq_mode: Any, metrics: Sequence[str] | None) -> tuple[int, Scorers]:
+    """Checked sample rate (Hz) and the scorers of the requested metrics.
+
+    Raises:
+        DataError: unknown metric, bad sample rate, or a PESQ mode that a requested metric cannot use.
+        ConfigError: a requested table entry has no score function (a cost spec put into ``METRICS``).
+    """
+    requested = _check_metrics(metrics)
     rate = _check_sample_rate(sample_rate)
-    if "pesq" in names:
+    if any(m.uses_pesq_mode for m in requested):  # a mode nothing reads is not refused
         check_pesq_mode(pesq_mode, rate)
-    return rate, names
+    scorers = []
+    for m in requested:
+        if m.score is None:
+            raise ConfigError(f"metric {m.name!r} in kdlib.metrics.specs.METRICS has no score function")
+        scorers.append((m.name, m.score))
+    return rate, tuple(scorers)
 
 
 def score_utterance(
@@ -150,7 +159,7 @@ def score_utterance(
     estimate: Any,
     sample_rate: int,
     pesq_mode: str,
-    metrics: Sequence[str] = METRIC_NAMES,
+    metrics: Sequence[str] | None = None,
 ) -> dict[str, float | None]:
     """Score one utterance with each requested metric.
 
@@ -158,9 +167,9 @@ def score_utterance(
         reference: clean signal, shape ``(L,)``.
         estimate: enhanced signal, shape ``(L,)``.
         sample_rate: rate of both signals in Hz.
-        pesq_mode: ``"wb"`` or ``"nb"`` (see :func:`kdlib.metrics.pesq_score`); only checked if ``"pesq"``
-            is requested.
-        metrics: names from :data:`METRIC_NAMES`.
+        pesq_mode: ``"wb"`` or ``"nb"`` (see :func:`kdlib.metrics.pesq_score`); only checked if a metric that
+            uses it (``"pesq"``) is requested.
+        metrics: names from :data:`kdlib.metrics.specs.METRICS`; ``None`` = all of them, in table order.
 
     Returns:
         ``{name: value}`` in the order of ``metrics``; a value is ``None`` (with a :class:`MetricWarning`)
@@ -169,11 +178,12 @@ def score_utterance(
     Raises:
         DataError: unknown metric name, bad sample rate or PESQ mode, or a bad pair (see ``pesq_score``).
     """
-    rate, names = _check_common(sample_rate, pesq_mode, metrics)
+    rate, scorers = _check_common(sample_rate, pesq_mode, metrics)
     ref, est = _check_pair(reference, estimate, "estimate")
-    scores, reasons = _score_checked(ref, est, rate, pesq_mode, names)
+    scores, reasons = _score_checked(ref, est, rate, pesq_mode, scorers)
     for name, reason in reasons.items():
-        warnings.warn(f"{_LABELS[name]} could not score the utterance: {reason}", MetricWarning, stacklevel=2)
+        label = specs.metric(name).label
+        warnings.warn(f"{label} could not score the utterance: {reason}", MetricWarning, stacklevel=2)
     return scores
 
 
@@ -182,7 +192,7 @@ def evaluate_pairs(
     estimates: Sequence[np.ndarray],
     sample_rate: int,
     pesq_mode: str,
-    metrics: Sequence[str] = METRIC_NAMES,
+    metrics: Sequence[str] | None = None,
     num_workers: int = 1,
 ) -> MetricSummary:
     """Score every ``(references[i], estimates[i])`` pair and average each metric over the scored ones.
@@ -191,9 +201,10 @@ def evaluate_pairs(
         references: clean signals, each of shape ``(L_i,)``.
         estimates: enhanced signals, ``estimates[i]`` of the same shape as ``references[i]``.
         sample_rate: rate of all signals in Hz.
-        pesq_mode: ``"wb"`` (16 kHz scoring) or ``"nb"`` (8 kHz scoring); only checked if ``"pesq"`` is
-            requested.
-        metrics: names from :data:`METRIC_NAMES` (``"pesq"``, ``"stoi"``, ``"estoi"``, ``"si_sdr"``).
+        pesq_mode: ``"wb"`` (16 kHz scoring) or ``"nb"`` (8 kHz scoring); only checked if a metric that uses
+            it (``"pesq"``) is requested.
+        metrics: names from :data:`kdlib.metrics.specs.METRICS` (``"pesq"``, ``"stoi"``, ``"estoi"``,
+            ``"si_sdr"``); ``None`` = all of them, in table order.
         num_workers: ``<= 1`` scores in this process; ``> 1`` uses a ``ProcessPoolExecutor`` with that
             many worker processes (capped at the number of pairs; forked on Linux, spawned elsewhere, see
             ``KDLIB_METRICS_START_METHOD`` above). The results are identical either way and always in
@@ -211,7 +222,7 @@ def evaluate_pairs(
         ConfigError: ``KDLIB_METRICS_START_METHOD`` names a start method this platform lacks.
         KdlibError: a worker process died (``num_workers > 1`` only).
     """
-    rate, names = _check_common(sample_rate, pesq_mode, metrics)
+    rate, scorers = _check_common(sample_rate, pesq_mode, metrics)
     if len(references) != len(estimates):
         raise DataError(f"got {len(references)} references but {len(estimates)} estimates")
     if len(references) == 0:
@@ -222,7 +233,7 @@ def evaluate_pairs(
             ref, est = _check_pair(reference, estimate, "estimate")
         except DataError as exc:
             raise DataError(f"utterance {i}: {exc}") from None
-        jobs.append((ref, est, rate, pesq_mode, names))
+        jobs.append((ref, est, rate, pesq_mode, scorers))
 
     workers = min(int(num_workers), len(jobs))
     if workers <= 1:
@@ -246,14 +257,14 @@ def evaluate_pairs(
     means: dict[str, float] = {}
     missing: dict[str, int] = {}
     notes = []
-    for name in names:
+    for name, _ in scorers:
         values = [s[name] for s in per_utterance if s[name] is not None]
         means[name] = float(np.mean(values)) if values else math.nan
         missing[name] = len(per_utterance) - len(values)
         if missing[name]:
             first = next(i for i, (_, r) in enumerate(results) if name in r)
             notes.append(
-                f"{_LABELS[name]} could not score {missing[name]} of {len(jobs)} utterances "
+                f"{specs.metric(name).label} could not score {missing[name]} of {len(jobs)} utterances "
                 f"(first: utterance {first}, {results[first][1][name]})"
             )
     if notes:

@@ -18,6 +18,8 @@ active speech, an error inside the metric library) is not bad input: ``pesq_scor
 ``None`` and ``si_sdr`` returns NaN, each with a :class:`MetricWarning` naming the reason.
 
 This module imports neither torch nor Ray/MLflow at import time, so worker processes stay light.
+Which of these a set is scored with, and how each is named and shown, is the table in
+:mod:`kdlib.metrics.specs`.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ if TYPE_CHECKING:  # torch is only needed by si_sdr_torch, whose callers already
     import torch
 
 __all__ = [
-    "METRIC_NAMES",
     "PESQ_MODES",
     "MetricWarning",
     "check_pesq_mode",
@@ -45,7 +46,6 @@ __all__ = [
     "stoi_score",
 ]
 
-METRIC_NAMES: tuple[str, ...] = ("pesq", "stoi", "estoi", "si_sdr")
 PESQ_MODES: tuple[str, ...] = ("wb", "nb")
 
 _PESQ_RATE = {"wb": 16000, "nb": 8000}
@@ -124,13 +124,15 @@ def _warn(metric: str, reason: str, stacklevel: int = 3) -> None:
 
 
 # ------------------------------------------------------------------- scorers that report the reason
-# Each ``_x_or_reason`` takes already-checked arrays and returns ``(value, None)`` or ``(None, reason)``.
-# They never warn, so evaluate.py can run them in worker processes and summarise the reasons itself.
+# Each scorer takes already-checked arrays and returns ``(value, None)`` or ``(None, reason)``. They never
+# warn, so evaluate.py can run them in worker processes and summarise the reasons itself. The ``*_scorer``
+# functions have the uniform signature of ``kdlib.metrics.specs.ScoreFn`` that the metric table refers to.
 
 
-def _pesq_or_reason(
+def pesq_scorer(
     reference: np.ndarray, degraded: np.ndarray, sample_rate: int, mode: str
 ) -> tuple[float | None, str | None]:
+    """PESQ of checked arrays at ``sample_rate`` Hz in PESQ ``mode``: ``(MOS-LQO, None)`` or ``(None, reason)``."""
     import pesq as pesq_lib  # imported here: the C extension is only needed when PESQ is asked for
 
     if not np.any(reference):
@@ -200,6 +202,27 @@ def _si_sdr_or_reason(estimate: np.ndarray, reference: np.ndarray) -> tuple[floa
     return 10.0 * math.log10(target_energy / noise_energy), None
 
 
+def stoi_scorer(
+    reference: np.ndarray, estimate: np.ndarray, sample_rate: int, pesq_mode: str
+) -> tuple[float | None, str | None]:
+    """STOI (0 ... 1) of checked arrays; ``pesq_mode`` is unused (uniform scorer signature)."""
+    return _stoi_or_reason(reference, estimate, sample_rate, extended=False)
+
+
+def estoi_scorer(
+    reference: np.ndarray, estimate: np.ndarray, sample_rate: int, pesq_mode: str
+) -> tuple[float | None, str | None]:
+    """ESTOI (about 0 ... 1) of checked arrays; ``pesq_mode`` is unused (uniform scorer signature)."""
+    return _stoi_or_reason(reference, estimate, sample_rate, extended=True)
+
+
+def si_sdr_scorer(
+    reference: np.ndarray, estimate: np.ndarray, sample_rate: int, pesq_mode: str
+) -> tuple[float | None, str | None]:
+    """SI-SDR in dB of checked arrays; ``sample_rate`` and ``pesq_mode`` are unused (uniform scorer signature)."""
+    return _si_sdr_or_reason(estimate, reference)
+
+
 # ------------------------------------------------------------------------------------- public API
 
 
@@ -230,7 +253,7 @@ def pesq_score(reference: Any, degraded: Any, sample_rate: int, mode: str) -> fl
     sample_rate = _check_sample_rate(sample_rate)
     check_pesq_mode(mode, sample_rate)
     ref, deg = _check_pair(reference, degraded, "degraded")
-    value, reason = _pesq_or_reason(ref, deg, sample_rate, mode)
+    value, reason = pesq_scorer(ref, deg, sample_rate, mode)
     if reason is not None:
         _warn("PESQ", reason)
     return value

@@ -8,7 +8,6 @@ import copy
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-import torch
 from torch import nn
 
 from kdlib.registry import Registry
@@ -69,19 +68,9 @@ def build_model(name: str, kwargs: dict[str, Any] | None = None) -> SEModel:
         RegistryError: unknown model name.
         ConfigError: kwargs the model does not take, or impossible values.
     """
-    from kdlib.errors import ConfigError
-
-    cls = MODELS.get(name)
-    try:
-        return cls(**(kwargs or {}))
-    except TypeError as exc:
-        raise ConfigError(f"model '{name}': {exc}") from None
+    return MODELS.build(name, kwargs)
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (elements), optionally only those with ``requires_grad``."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device

@@ -35,7 +35,7 @@ class SizedConfig:
 def _params_of(name: str, args: dict[str, Any]) -> int:
     # meta device: no memory or init cost, exact counts
     with torch.device("meta"):
-        return count_params(MODELS.get(name)(**args))
+        return count_params(MODELS.build(name, args))
 
 
 def size_student(name: str, teacher_args: dict[str, Any], ratio: float, tolerance: float = 0.10,

@@ -1,9 +1,11 @@
 """Load one KD sweep's child runs from MLflow into a flat, typed :class:`pandas.DataFrame`.
 
 The sweep writes one parent run per sweep (tag ``kdlib.role = "sweep"``) and one child run per
-teacher/trial (tags ``kdlib.role`` and ``mlflow.parentRunId``). :func:`load_runs` finds the parent and
-turns its children into one row each, with the MLflow prefixes (``params.``, ``metrics.``, ``tags.``)
-replaced by the normalized column names the report uses.
+teacher/trial (tags ``kdlib.role`` and ``mlflow.parentRunId``), as :mod:`kdlib.sweep.contract` lays down.
+:func:`load_runs` finds the parent and turns its children into one row each, with the MLflow prefixes
+(``params.``, ``metrics.``, ``tags.``) replaced by the normalized column names the report uses. The metric
+columns follow the contract's complexity metrics and the metric table :data:`kdlib.metrics.specs.METRICS`
+(see :func:`metric_columns`).
 
 MLflow is imported lazily so ``import kdlib.report`` works on machines without it.
 """
@@ -21,9 +23,17 @@ import numpy as np
 import pandas as pd
 
 from kdlib.errors import KdlibError
-
-ROLE_TAG = "kdlib.role"
-"""Tag that marks a run as the sweep parent (``sweep``), the ``teacher`` or a ``trial``."""
+from kdlib.metrics import specs
+from kdlib.sweep.contract import (
+    COMPLEXITY_METRICS,
+    NOISY_PREFIX,
+    PARENT,
+    ROLE,
+    ROLE_SWEEP,
+    ROLE_TEACHER,
+    ROLE_TRIAL,
+    TEST_PREFIX,
+)
 
 #: Params turned into typed first-class columns; every other param becomes ``param.<name>``.
 CORE_PARAMS: dict[str, str] = {
@@ -34,37 +44,33 @@ CORE_PARAMS: dict[str, str] = {
     "kd_weight": "float",
 }
 
-#: Output column -> MLflow metric key (the last logged value; test metrics are logged once).
-METRIC_COLUMNS: dict[str, str] = {
-    "params": "params",
-    "macs": "macs",
-    "params_pct": "params_pct",
-    "kd_extra_params": "kd_extra_params",
-    "pesq": "test_pesq",
-    "stoi": "test_stoi",
-    "estoi": "test_estoi",
-    "si_sdr": "test_si_sdr",
-    "noisy_pesq": "noisy_pesq",
-    "noisy_stoi": "noisy_stoi",
-    "noisy_estoi": "noisy_estoi",
-    "noisy_si_sdr": "noisy_si_sdr",
-}
 
-#: Column order of the frame :func:`load_runs` returns (``param.<name>`` columns follow, sorted).
-COLUMNS: list[str] = [
-    "run_id",
-    "run_name",
-    "role",
-    "status",
-    "method",
-    "student_ratio",
-    "seed",
-    "lr",
-    "kd_weight",
-    *METRIC_COLUMNS,
-]
+def param_column(name: str) -> str:
+    """Column of a logged param that is not a typed core param (``param.kd.tau``, ``param.teacher``)."""
+    return f"param.{name}"
 
-_ROLE_ORDER = {"teacher": 0, "trial": 1}
+
+def noisy_column(name: str) -> str:
+    """Column of the noisy input's score for metric ``name`` (``noisy_pesq``; the test score's column is ``name``)."""
+    return f"{NOISY_PREFIX}{name}"
+
+
+def metric_columns() -> dict[str, str]:
+    """Output column -> MLflow metric key (the last logged value; test metrics are logged once).
+
+    The complexity metrics keep their key (``params``, ``macs``, ``params_pct``, ``kd_extra_params``), then per
+    metric of :data:`kdlib.metrics.specs.METRICS` (read at call time) its test score ``<name>`` <- ``test_<name>``,
+    then per metric the noisy input's score ``noisy_<name>`` <- ``noisy_<name>``.
+    """
+    columns = {name: name for name in COMPLEXITY_METRICS}
+    columns.update({m.name: f"{TEST_PREFIX}{m.name}" for m in specs.METRICS})
+    columns.update({noisy_column(m.name): f"{NOISY_PREFIX}{m.name}" for m in specs.METRICS})
+    return columns
+
+
+_ROLE_ORDER = {ROLE_TEACHER: 0, ROLE_TRIAL: 1}
+# the contract's own tags share its role tag's namespace ("kdlib."); the parent's are shown as provenance
+_OWN_TAGS = f"tags.{ROLE.split('.', 1)[0]}."
 _RUN_ID_RE = re.compile(r"^[0-9A-Za-z_-]+$")
 
 
@@ -116,7 +122,7 @@ def _normalize(children: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(index=children.index)
     out["run_id"] = _as_str(_column(children, "run_id"))
     out["run_name"] = _as_str(_column(children, "tags.mlflow.runName"))
-    out["role"] = _as_str(_column(children, f"tags.{ROLE_TAG}"))
+    out["role"] = _as_str(_column(children, f"tags.{ROLE}"))
     out["status"] = _as_str(_column(children, "status"))
     for name, kind in CORE_PARAMS.items():
         raw = _column(children, f"params.{name}")
@@ -128,7 +134,7 @@ def _normalize(children: pd.DataFrame) -> pd.DataFrame:
             numeric = pd.to_numeric(raw, errors="coerce")
             whole = numeric.where(np.isfinite(numeric) & (numeric == np.round(numeric)))
             out[name] = whole.astype("Int64")
-    for col, key in METRIC_COLUMNS.items():
+    for col, key in metric_columns().items():
         out[col] = pd.to_numeric(_column(children, f"metrics.{key}"), errors="coerce").astype(float)
     extra = sorted(
         c[len("params.") :]
@@ -136,7 +142,7 @@ def _normalize(children: pd.DataFrame) -> pd.DataFrame:
         if c.startswith("params.") and c[len("params.") :] not in CORE_PARAMS
     )
     for name in extra:
-        out[f"param.{name}"] = _as_str(children[f"params.{name}"])
+        out[param_column(name)] = _as_str(children[f"params.{name}"])
     order = out["role"].map(lambda r: _ROLE_ORDER.get(r, len(_ROLE_ORDER)))
     out = out.assign(_order=order, _start=_column(children, "start_time"))
     out = out.sort_values(
@@ -163,12 +169,13 @@ def load_runs(tracking_uri: str, experiment: str, parent_run_id: str | None = No
         (float, fraction of the teacher's params; 1.0 for the teacher), ``seed`` (nullable ``Int64``,
         ``<NA>`` when not logged), ``lr``, ``kd_weight`` (float), ``params`` (parameter count),
         ``macs`` (multiply-accumulates per second of audio), ``params_pct`` (student params as % of
-        the teacher's), ``kd_extra_params`` (count), ``pesq``, ``stoi``, ``estoi`` (unitless, from
-        ``test_*``), ``si_sdr`` (dB), ``noisy_pesq``, ``noisy_stoi``, ``noisy_estoi``, ``noisy_si_sdr``
-        (the noisy input's scores, logged on the teacher run), then one ``param.<name>`` column (str)
-        per other logged param. Missing values are NaN. ``df.attrs`` holds ``experiment``,
-        ``experiment_id``, ``parent_run_id`` and ``provenance`` (experiment, parent run id, name and
-        start time, the parent's params, and its other ``kdlib.*`` tags such as ``smoke_test``).
+        the teacher's), ``kd_extra_params`` (count), then one column per metric of
+        :data:`kdlib.metrics.specs.METRICS` in its unit (``pesq``, ``stoi``, ``estoi`` unitless, ``si_sdr``
+        in dB, from ``test_<name>``), then the noisy input's scores ``noisy_<name>`` (logged on the
+        teacher run), then one ``param.<name>`` column (str) per other logged param. Missing values
+        are NaN. ``df.attrs`` holds ``experiment``, ``experiment_id``, ``parent_run_id`` and
+        ``provenance`` (experiment, parent run id, name and start time, the parent's params, and its
+        other ``kdlib.*`` tags such as ``smoke_test``).
 
     Raises:
         KdlibError: the sqlite store does not exist, the experiment does not exist (the message lists
@@ -190,13 +197,13 @@ def load_runs(tracking_uri: str, experiment: str, parent_run_id: str | None = No
         if parent_run_id is None:
             parents = mlflow.search_runs(
                 experiment_ids=[exp.experiment_id],
-                filter_string=f"tags.`{ROLE_TAG}` = 'sweep'",
+                filter_string=f"tags.`{ROLE}` = '{ROLE_SWEEP}'",
                 order_by=["attributes.start_time DESC"],
                 max_results=1,
             )
             if parents.empty:
                 raise KdlibError(
-                    f"experiment {experiment!r} has no sweep parent run (no run tagged {ROLE_TAG}='sweep')"
+                    f"experiment {experiment!r} has no sweep parent run (no run tagged {ROLE}='{ROLE_SWEEP}')"
                 )
         else:
             if not _RUN_ID_RE.match(parent_run_id):
@@ -207,16 +214,16 @@ def load_runs(tracking_uri: str, experiment: str, parent_run_id: str | None = No
             )
             if parents.empty:
                 raise KdlibError(f"run {parent_run_id} is not a run of experiment {experiment!r}")
-            role = _column(parents, f"tags.{ROLE_TAG}").iloc[0]
-            if role != "sweep":
+            role = _column(parents, f"tags.{ROLE}").iloc[0]
+            if role != ROLE_SWEEP:
                 raise KdlibError(
-                    f"run {parent_run_id} is not a sweep parent run ({ROLE_TAG}={role!r}, expected 'sweep')"
+                    f"run {parent_run_id} is not a sweep parent run ({ROLE}={role!r}, expected '{ROLE_SWEEP}')"
                 )
         parent = parents.iloc[0]
         pid = str(parent["run_id"])
         children = mlflow.search_runs(
             experiment_ids=[exp.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{pid}'",
+            filter_string=f"tags.`{PARENT}` = '{pid}'",
         )
 
     df = _normalize(children)
@@ -232,8 +239,8 @@ def load_runs(tracking_uri: str, experiment: str, parent_run_id: str | None = No
         provenance["started"] = pd.Timestamp(started).strftime("%Y-%m-%d %H:%M:%S UTC")
     provenance.update(parent_params)
     for col in parents.columns:  # kdlib.* tags of the parent (e.g. kdlib.smoke_test), bar the role
-        name = col[len("tags.kdlib.") :] if col.startswith("tags.kdlib.") else ""
-        if name and name != ROLE_TAG.split(".", 1)[1] and name not in provenance and pd.notna(parent[col]):
+        name = col[len(_OWN_TAGS) :] if col.startswith(_OWN_TAGS) else ""
+        if name and col != f"tags.{ROLE}" and name not in provenance and pd.notna(parent[col]):
             provenance[name] = parent[col]
     df.attrs.update(
         experiment=experiment,

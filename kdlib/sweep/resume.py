@@ -34,111 +34,29 @@ run is created twice, and logs no epoch a run already holds.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
-from typing import Any
 
-from kdlib.config import SweepConfig, import_plugins
-from kdlib.errors import CheckpointError, ConfigError, KdlibError
-
-RECORD = "kdlib_sweep.json"
-FORMAT = 1
-
-
-def save_sweep_record(experiment_dir: Path, cfg: SweepConfig, *, smoke: bool, report: bool, tracking_uri: str,
-                      experiment_id: str, parent_run_id: str, pesq_mode: str, teacher_paths: dict[str, str],
-                      num_trials: int, data_root: str | None = None) -> Path:
-    """Write ``kdlib_sweep.json`` into the Ray experiment directory (atomically); returns its path."""
-    from kdlib.sweep.tracking import git_commit
-
-    experiment_dir.mkdir(parents=True, exist_ok=True)
-    record = {
-        "format": FORMAT, "name": cfg.name, "experiment": cfg.experiment, "config_hash": cfg.config_hash(),
-        "smoke": smoke, "report": report, "tracking_uri": tracking_uri, "experiment_id": experiment_id,
-        "parent_run_id": parent_run_id, "pesq_mode": pesq_mode, "teacher_paths": teacher_paths,
-        "num_trials": num_trials, "output": str(experiment_dir.parent.parent), "data_root": data_root,
-        "git_commit": git_commit(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": cfg.model_dump(mode="json"),
-    }
-    path = experiment_dir / RECORD
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)
-    return path
-
-
-def _default_output() -> Path:
-    return Path(os.environ.get("KDLIB_OUTPUT") or "runs").expanduser().resolve()
-
-
-def find_experiment(target: str | os.PathLike, output: str | os.PathLike | None = None) -> Path:
-    """The Ray experiment directory of a kdlib sweep.
-
-    Args:
-        target: the directory itself, its name under ``<output>/ray``, or the sweep's name or MLflow
-            experiment (then the newest matching sweep).
-        output: the sweeps' output dir (default ``$KDLIB_OUTPUT``, else ``runs``).
-
-    Raises:
-        KdlibError: nothing matches, or the directory was not started by ``kdlib sweep run``.
-    """
-    path = Path(target).expanduser()
-    if path.is_dir():
-        if (path / RECORD).is_file():
-            return path.resolve()
-        raise KdlibError(f"'{path}' holds no {RECORD}: not a sweep started by 'kdlib sweep run'")
-    root = (Path(output).expanduser().resolve() if output else _default_output()) / "ray"
-    if (root / str(target) / RECORD).is_file():
-        return (root / str(target)).resolve()
-    matches = []
-    for record in root.glob(f"*/{RECORD}") if root.is_dir() else []:
-        try:
-            data = json.loads(record.read_text())
-        except (OSError, ValueError):
-            continue
-        if str(target) in (data.get("name"), data.get("experiment")):
-            matches.append((record.stat().st_mtime, record.parent))
-    if not matches:
-        known = sorted(p.parent.name for p in root.glob(f"*/{RECORD}")) if root.is_dir() else []
-        raise KdlibError(f"no sweep '{target}' to resume under {root}"
-                         + (f" (found: {', '.join(known)})" if known else " (no kdlib sweeps there)"))
-    return max(matches)[1].resolve()
-
-
-def load_sweep_record(experiment_dir: Path) -> tuple[dict[str, Any], SweepConfig]:
-    """``(record, validated config)`` of a sweep's experiment dir; plugins are imported first.
-
-    Raises:
-        ConfigError: the record is unreadable or its config no longer validates.
-    """
-    from kdlib.validation import validate
-
-    path = experiment_dir / RECORD
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: unreadable sweep record ({exc})") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("config"), dict):
-        raise ConfigError(f"{path}: not a kdlib sweep record of format {FORMAT}")
-    import_plugins(record["config"].get("plugins") or [])
-    try:
-        cfg = validate(SweepConfig, record["config"])
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    if cfg.config_hash() != record.get("config_hash"):
-        print(f"[sweep] warning: the saved config now validates to hash {cfg.config_hash()}, not "
-              f"{record.get('config_hash')} (kdlib changed since the sweep started)", flush=True)
-    return record, cfg
+from kdlib.errors import CheckpointError, KdlibError
+from kdlib.sweep import contract
+from kdlib.sweep.session import (
+    SweepOutcome,
+    build_trainable,
+    check_gpu,
+    find_experiment,
+    finish_sweep,
+    init_ray,
+    load_sweep_record,
+)
 
 
 def resume_sweep(target: str | os.PathLike, restart_errored: bool = False, report: bool | None = None,
-                 output: str | os.PathLike | None = None, address: str | None = None):
+                 output: str | os.PathLike | None = None, address: str | None = None) -> SweepOutcome:
     """Continue an interrupted sweep (see the module docstring for what is restored from where).
 
     Args:
-        target: experiment dir, its name, or the sweep name (see :func:`find_experiment`).
+        target: experiment dir, its name, or the sweep name (see :func:`~kdlib.sweep.session.find_experiment`).
         restart_errored: run errored trials again from scratch instead of from their last checkpoint.
         report: write the Pareto report at the end (default: as the original ``sweep run`` did).
         output: where to look for ``target`` by name (default ``$KDLIB_OUTPUT``, else ``runs``).
@@ -146,7 +64,7 @@ def resume_sweep(target: str | os.PathLike, restart_errored: bool = False, repor
             ``RAY_ADDRESS``, else a fresh local instance); the cluster the sweep ran on may be gone.
 
     Returns:
-        a :class:`~kdlib.sweep.runner.SweepOutcome` over all the sweep's trials, as ``run_sweep``.
+        a :class:`~kdlib.sweep.session.SweepOutcome` over all the sweep's trials, as ``run_sweep``.
 
     Raises:
         KdlibError: no such sweep, not restorable, MLflow store or parent run gone, teacher missing.
@@ -154,13 +72,12 @@ def resume_sweep(target: str | os.PathLike, restart_errored: bool = False, repor
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from ray import tune
 
-    from kdlib.sweep.runner import METRIC, MODE, build_trainable, check_gpu, finish_sweep, init_ray, pin_data_root
     from kdlib.sweep.space import build_search
     from kdlib.sweep.tracking import client_for
 
     start = time.perf_counter()
     experiment_dir = find_experiment(target, output)
-    record, cfg = load_sweep_record(experiment_dir)
+    record, plan = load_sweep_record(experiment_dir)
     if not tune.Tuner.can_restore(str(experiment_dir)):
         raise KdlibError(f"'{experiment_dir}' holds no Ray Tune state to restore (tuner.pkl / experiment_state)")
     teacher_paths: dict[str, str] = record["teacher_paths"]
@@ -168,23 +85,22 @@ def resume_sweep(target: str | os.PathLike, restart_errored: bool = False, repor
         if not Path(path).is_file():
             raise CheckpointError(f"teacher checkpoint '{path}' of this sweep is gone; cannot resume")
     tracking_uri = record["tracking_uri"]
-    client = client_for(cfg, tracking_uri)
+    client = client_for(tracking_uri)
     parent = record["parent_run_id"]
     try:
         client.get_run(parent)
     except Exception:  # noqa: BLE001 - MLflow raises its own exception types
         raise KdlibError(f"MLflow parent run {parent} of this sweep is not in {tracking_uri}") from None
-    smoke = bool(record.get("smoke"))
     report = bool(record.get("report", True)) if report is None else report
     out = experiment_dir.parent.parent
     # the trials read the data where the driver finds it now, else where the sweep found it
-    trial_cfg = pin_data_root(cfg, record.get("data_root"))
+    trial_plan = plan.pinned(record.get("data_root"))
 
-    started_ray = init_ray(cfg, address)
+    started_ray = init_ray(plan, address)
     try:
-        check_gpu(cfg)
-        param_space, _, _ = build_search(cfg.search, METRIC, MODE)
-        tuner = tune.Tuner.restore(str(experiment_dir), trainable=build_trainable(trial_cfg, teacher_paths),
+        check_gpu(plan)
+        param_space, _, _ = build_search(plan.cfg.search, contract.SELECTION_METRIC, contract.SELECTION_MODE)
+        tuner = tune.Tuner.restore(str(experiment_dir), trainable=build_trainable(trial_plan, teacher_paths),
                                    resume_unfinished=True, resume_errored=not restart_errored,
                                    restart_errored=restart_errored, param_space=param_space)
         client.update_run(parent, status="RUNNING")
@@ -198,7 +114,7 @@ def resume_sweep(target: str | os.PathLike, restart_errored: bool = False, repor
             ray.shutdown()
     if restart_errored:
         retire_replaced_runs(client, record["experiment_id"], parent, experiment_dir)
-    return finish_sweep(results, cfg, client, parent, tracking_uri, out, report, start, smoke, experiment_dir)
+    return finish_sweep(results, plan, client, parent, tracking_uri, out, report, start, experiment_dir)
 
 
 def retire_replaced_runs(client, experiment_id: str, parent: str, experiment_dir: Path) -> int:
@@ -207,14 +123,12 @@ def retire_replaced_runs(client, experiment_id: str, parent: str, experiment_dir
     MLflow's deleted stage (``mlflow runs restore`` brings one back). Returns how many."""
     from ray.tune import ExperimentAnalysis
 
-    from kdlib.sweep.tracking import PARENT, ROLE, TRIAL_ID
-
     live = {t.trial_id for t in ExperimentAnalysis(str(experiment_dir)).trials}
-    query = f"tags.`{ROLE}` = 'trial' and tags.`{PARENT}` = '{parent}'"
+    query = f"tags.`{contract.ROLE}` = '{contract.ROLE_TRIAL}' and tags.`{contract.PARENT}` = '{parent}'"
     runs = client.search_runs([experiment_id], filter_string=query, max_results=50000)
-    replaced = [r for r in runs if r.data.tags.get(TRIAL_ID) not in live]
+    replaced = [r for r in runs if r.data.tags.get(contract.TRIAL_ID) not in live]
     for run in replaced:
-        client.set_tag(run.info.run_id, "kdlib.replaced", "restart-errored")
+        client.set_tag(run.info.run_id, contract.REPLACED, "restart-errored")
         client.delete_run(run.info.run_id)
     if replaced:
         print(f"[sweep] {len(replaced)} errored trial run(s) replaced by their restarted trials "

@@ -18,15 +18,22 @@ from typing import Any
 
 from ray.tune.logger import LoggerCallback
 
-from kdlib.config import SweepConfig
 from kdlib.errors import KdlibError
-from kdlib.train.trainer import TrialSpec
+from kdlib.sweep.contract import (
+    CHECKPOINT,
+    EPOCH_METRIC,
+    KD_PARAM_PREFIX,
+    PARENT,
+    ROLE,
+    ROLE_SWEEP,
+    ROLE_TEACHER,
+    ROLE_TRIAL,
+    SMOKE_TEST,
+    STUDENT_FILE,
+    TRIAL_ID,
+)
+from kdlib.sweep.plan import SweepPlan
 
-ROLE = "kdlib.role"
-TRIAL_ID = "kdlib.trial_id"
-PARENT = "mlflow.parentRunId"
-#: reported every epoch by every trial; its history tells which epochs a run holds
-EPOCH_METRIC = "val_si_sdr"
 # Ray bookkeeping keys that are not model metrics
 _SKIP = {"timestamp", "pid", "time_this_iter_s", "time_total_s", "time_since_restore", "iterations_since_restore",
          "training_iteration", "done", "checkpoint_dir_name", "should_checkpoint", "epoch"}
@@ -58,15 +65,14 @@ def _fail_fast_http() -> Iterator[None]:
                 os.environ[key] = value
 
 
-def client_for(cfg: SweepConfig, uri: str | None = None):
-    """An ``MlflowClient`` for the sweep's tracking URI (or ``uri``), checked to answer before any work.
+def client_for(uri: str):
+    """An ``MlflowClient`` for a tracking URI, checked to answer before any work.
 
     Raises:
         KdlibError: the tracking server or store cannot be reached.
     """
     from mlflow.tracking import MlflowClient
 
-    uri = uri or cfg.tracking_uri()
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     # a client, not mlflow.set_tracking_uri: that also writes MLFLOW_TRACKING_URI into os.environ,
@@ -80,12 +86,12 @@ def client_for(cfg: SweepConfig, uri: str | None = None):
     return client
 
 
-def experiment_id(client, cfg: SweepConfig) -> str:
+def experiment_id(client, plan: SweepPlan) -> str:
     """Get or create the sweep's experiment with an explicit artifact location (never the CWD)."""
-    exp = client.get_experiment_by_name(cfg.experiment)
+    exp = client.get_experiment_by_name(plan.experiment)
     if exp is not None:
         return exp.experiment_id
-    return client.create_experiment(cfg.experiment, artifact_location=(cfg.output_path() / "mlartifacts").as_uri())
+    return client.create_experiment(plan.experiment, artifact_location=(plan.output / "mlartifacts").as_uri())
 
 
 def _log_dict(client, run_id: str, params: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
@@ -103,12 +109,13 @@ def _log_dict(client, run_id: str, params: dict[str, Any] | None = None, metrics
         client.log_batch(run_id, metrics=ms[i:i + 900])
 
 
-def start_parent_run(client, cfg: SweepConfig, exp_id: str, smoke: bool, pesq_mode: str) -> str:
+def start_parent_run(client, plan: SweepPlan, exp_id: str, pesq_mode: str) -> str:
     """Create the sweep's parent run; returns its run_id."""
+    cfg = plan.cfg
     run = client.create_run(exp_id, run_name=f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                            tags={ROLE: "sweep", "kdlib.smoke_test": str(smoke)})
+                            tags={ROLE: ROLE_SWEEP, SMOKE_TEST: str(plan.smoke)})
     _log_dict(client, run.info.run_id, params={
-        "config_hash": cfg.config_hash(), "git_commit": git_commit(), "sample_rate": cfg.data.sample_rate,
+        "config_hash": plan.config_hash, "git_commit": git_commit(), "sample_rate": cfg.data.sample_rate,
         "pesq_mode": pesq_mode, "test_set": f"{cfg.data.test.corpus}:{','.join(cfg.data.test.speakers or ['all'])}",
         "valid_set": f"{cfg.data.valid.corpus}:{','.join(cfg.data.valid.speakers or ['all'])}",
         "teacher_model": ",".join(cfg.teacher_cfg(t).model.name for t in cfg.teacher_names()),
@@ -118,22 +125,23 @@ def start_parent_run(client, cfg: SweepConfig, exp_id: str, smoke: bool, pesq_mo
     return run.info.run_id
 
 
-def log_teacher_run(client, cfg: SweepConfig, exp_id: str, parent_id: str, meta: dict[str, Any],
+def log_teacher_run(client, plan: SweepPlan, exp_id: str, parent_id: str, meta: dict[str, Any],
                     teacher_path: Path, name: str | None = None) -> str:
     """Child run for a teacher (``name``: its ``teachers:`` key): its figures and the noisy input's
     scores as reference points."""
+    cfg = plan.cfg
     run = client.create_run(exp_id, run_name=f"teacher-{name}" if name else "teacher",
-                            tags={ROLE: "teacher", PARENT: parent_id, "kdlib.checkpoint": str(teacher_path)})
+                            tags={ROLE: ROLE_TEACHER, PARENT: parent_id, CHECKPOINT: str(teacher_path)})
     metrics = {k: v for k, v in meta.items() if isinstance(v, int | float) and k != "epochs"}
     metrics["params_pct"] = 100.0
     _log_dict(client, run.info.run_id, params={
         "method": "teacher", "student_ratio": 1.0, "model": cfg.teacher_cfg(name).model.name,
         **({"teacher": name} if name else {}),
         "sample_rate": meta.get("sample_rate"), "pesq_mode": meta.get("pesq_mode"),
-        "config_hash": cfg.config_hash(), "teacher_hash": meta.get("teacher_hash"), "epochs": meta.get("epochs"),
+        "config_hash": plan.config_hash, "teacher_hash": meta.get("teacher_hash"), "epochs": meta.get("epochs"),
     }, metrics=metrics)
     for i, h in enumerate(meta.get("history", [])):
-        _log_dict(client, run.info.run_id, metrics={"val_si_sdr": h["val_si_sdr"], "train_loss": h["train_loss"]},
+        _log_dict(client, run.info.run_id, metrics={EPOCH_METRIC: h[EPOCH_METRIC], "train_loss": h["train_loss"]},
                   step=i + 1)
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
@@ -148,9 +156,9 @@ class MLflowTrialLogger(LoggerCallback):
     A trial seen again (restart, resume) reuses its run, found by the ``kdlib.trial_id`` tag.
     """
 
-    def __init__(self, cfg: SweepConfig, tracking_uri: str, experiment_id: str, parent_run_id: str,
+    def __init__(self, plan: SweepPlan, tracking_uri: str, experiment_id: str, parent_run_id: str,
                  pesq_mode: str, commit: str) -> None:
-        self.cfg, self.tracking_uri, self.experiment_id = cfg, tracking_uri, experiment_id
+        self.plan, self.tracking_uri, self.experiment_id = plan, tracking_uri, experiment_id
         self.parent_run_id, self.pesq_mode, self.commit = parent_run_id, pesq_mode, commit
         self._runs: dict[str, str] = {}
         #: trials whose end (complete or error) this driver saw
@@ -180,20 +188,19 @@ class MLflowTrialLogger(LoggerCallback):
             return
         run_id = self._existing_run(trial.trial_id)
         if run_id is None:
-            spec = TrialSpec.from_trial_config(trial.config, self.cfg)
+            spec = self.plan.trial_spec(trial.config)
             run = self.client.create_run(self.experiment_id, run_name=str(trial),
-                                         tags={ROLE: "trial", PARENT: self.parent_run_id, TRIAL_ID: trial.trial_id})
+                                         tags={ROLE: ROLE_TRIAL, PARENT: self.parent_run_id, TRIAL_ID: trial.trial_id})
             run_id = run.info.run_id
             _log_dict(self.client, run_id, params={
                 "method": spec.method, "student_ratio": spec.student_ratio, "seed": spec.seed, "lr": spec.lr,
-                "kd_weight": spec.kd_weight, "schedule": spec.schedule, **{f"kd.{k}": v for k, v in spec.kd.items()},
+                "kd_weight": spec.kd_weight, "schedule": spec.schedule,
+                **{f"{KD_PARAM_PREFIX}{k}": v for k, v in spec.kd.items()},
                 **({"variant": spec.variant} if spec.variant else {}),
                 **({"student": spec.student} if spec.student else {}),
                 **({"teacher": spec.teacher} if spec.teacher else {}),
-                "model": self.cfg.student_base(spec.student, self.cfg.teacher_cfg(spec.teacher).model.kwargs,
-                                               spec.teacher)[0],
-                "sample_rate": self.cfg.data.sample_rate,
-                "pesq_mode": self.pesq_mode, "config_hash": self.cfg.config_hash(), "git_commit": self.commit,
+                "model": self.plan.student_family(spec), "sample_rate": self.plan.cfg.data.sample_rate,
+                "pesq_mode": self.pesq_mode, "config_hash": self.plan.config_hash, "git_commit": self.commit,
             })
         else:
             self.client.update_run(run_id, status="RUNNING")
@@ -216,9 +223,9 @@ class MLflowTrialLogger(LoggerCallback):
         if run_id is None:
             return
         self._ended.add(trial.trial_id)
-        student = Path(trial.local_path or "") / "student.pt"
+        student = Path(trial.local_path or "") / STUDENT_FILE
         if not failed and student.is_file():
-            self.client.set_tag(run_id, "kdlib.checkpoint", str(student))
+            self.client.set_tag(run_id, CHECKPOINT, str(student))
         self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
     def on_experiment_end(self, trials, **info) -> None:
@@ -242,7 +249,7 @@ class MLflowTrialLogger(LoggerCallback):
             if current == target or current != "RUNNING" and (current != "KILLED" or target == "KILLED"):
                 continue
             if target == "FINISHED":
-                student = Path(trial.local_path or "") / "student.pt"
+                student = Path(trial.local_path or "") / STUDENT_FILE
                 if student.is_file():
-                    self.client.set_tag(run_id, "kdlib.checkpoint", str(student))
+                    self.client.set_tag(run_id, CHECKPOINT, str(student))
             self.client.set_terminated(run_id, target)

@@ -14,22 +14,20 @@ from typing import Any
 
 import torch
 
-from kdlib.config import SweepConfig
-from kdlib.models import count_params, load_model, save_checkpoint, size_student
-from kdlib.train.datasets import build_sweep_data
-from kdlib.train.device import resolve_device
-from kdlib.train.trainer import Trainer, TrialSpec
-
-STATE_FILE = "trainer_state.pt"
-STUDENT_FILE = "student.pt"
+from kdlib.kd import build_kd_method
+from kdlib.losses import task_loss_for
+from kdlib.models import build_model, count_params, load_model, save_checkpoint, size_student
+from kdlib.sweep import contract
+from kdlib.sweep.plan import SweepPlan
+from kdlib.train import Trainer, TrainSettings, resolve_device
 
 
-def kd_trial(config: dict[str, Any], cfg: SweepConfig, teacher_paths: dict[str, str]) -> None:
+def kd_trial(config: dict[str, Any], plan: SweepPlan, teacher_paths: dict[str, str]) -> None:
     """Ray Tune function trainable (bound with ``tune.with_parameters``).
 
     Args:
         config: the trial's point: ``method``, ``student_ratio``, ``seed`` and searched knobs.
-        cfg: the validated sweep config.
+        plan: the sweep plan, its data root pinned by the driver.
         teacher_paths: teacher checkpoints by ``teachers:`` name (``""`` for the single ``teacher:``).
 
     Reports per epoch: ``train_loss``, ``task_loss``, ``kd_loss``, ``val_si_sdr`` (dB),
@@ -41,25 +39,36 @@ def kd_trial(config: dict[str, Any], cfg: SweepConfig, teacher_paths: dict[str, 
 
     from kdlib.config import import_plugins
 
+    cfg = plan.cfg
     import_plugins(cfg.plugins)
     threads = max(1, int(cfg.resources.cpu))
     torch.set_num_threads(threads)
-    spec = TrialSpec.from_trial_config(config, cfg)
+    spec = plan.trial_spec(config)
     device = resolve_device(cfg.training.device)
 
+    # the frozen teacher, and the student sized against it
     teacher_path = teacher_paths[spec.teacher or ""]
     teacher, _ = load_model(teacher_path, device)
     family, base_args = cfg.student_base(spec.student, teacher.get_model_args(), spec.teacher)
     sized = size_student(family, teacher.get_model_args(), spec.student_ratio, cfg.training.size_tolerance,
                          base_args=base_args, teacher_name=cfg.teacher_cfg(spec.teacher).model.name)
-    data = build_sweep_data(cfg, seed=spec.seed)
-    trainer = Trainer(cfg, spec, sized.model_args, data, teacher, device, model_name=family)
+    data = plan.data_source().build(seed=spec.seed)
+    torch.manual_seed(spec.seed)  # student init, then the KD method's own parameters, in this order
+    student = build_model(family, sized.model_args).to(device)
+    teacher.to(device).eval().requires_grad_(False)
+    kd = build_kd_method(spec.method, student, teacher, spec.kd).to(device)
+    settings = TrainSettings(
+        epochs=cfg.training.epochs, batch_size=cfg.training.batch_size, lr=spec.lr,
+        grad_clip=cfg.training.grad_clip, selection_metric=contract.SELECTION_METRIC, kd_weight=spec.kd_weight,
+        schedule=spec.schedule, kd_only_epochs=cfg.training.kd_only_epochs, pesq_mode=cfg.data.test.pesq_mode,
+        label=spec.label())
+    trainer = Trainer(student, teacher, kd, task_loss_for(student).to(device), data, settings, device)
     figures = {**trainer.complexity(count_params(teacher)), "achieved_ratio": sized.achieved_ratio}
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            trainer.load_state(torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=True))
+            trainer.load_state(torch.load(Path(d) / contract.STATE_FILE, map_location=device, weights_only=True))
         # after the last epoch (a driver killed between the trial's final report and Tune saving that
         # it ended) the loop below does nothing: Tune keeps the final result it had saved with that
         # checkpoint and ends the trial, without training or reporting anything again
@@ -69,19 +78,20 @@ def kd_trial(config: dict[str, Any], cfg: SweepConfig, teacher_paths: dict[str, 
         metrics: dict[str, Any] = {**trainer.train_epoch(), **trainer.validate(), **figures}
         metrics["epoch"] = trainer.epoch
         if trainer.epoch == trainer.epochs:
-            metrics.update(trainer.test(num_workers=threads))
-            save_checkpoint(trainer.best_model(), Path(tune.get_context().get_trial_dir()) / STUDENT_FILE,
+            metrics.update(trainer.test(num_workers=threads).as_flat_dict(contract.TEST_PREFIX))
+            save_checkpoint(trainer.best_model(), Path(tune.get_context().get_trial_dir()) / contract.STUDENT_FILE,
                             {"method": spec.method, "student_ratio": spec.student_ratio, "seed": spec.seed,
-                             "teacher": os.path.basename(teacher_path), "val_si_sdr": trainer.best_val})
+                             "teacher": os.path.basename(teacher_path), contract.SELECTION_METRIC: trainer.best_val})
+        pesq_key = f"{contract.TEST_PREFIX}pesq"
+        test_line = f" test PESQ {metrics[pesq_key]:.3f}" if pesq_key in metrics else ""
         print(f"[{spec.label()}] epoch {trainer.epoch}/{trainer.epochs} loss {metrics['train_loss']:.4f} "
-              f"val SI-SDR {metrics['val_si_sdr']:.2f} dB"
-              + (f" test PESQ {metrics.get('test_pesq', float('nan')):.3f}" if "test_pesq" in metrics else ""))
+              f"val SI-SDR {metrics[contract.SELECTION_METRIC]:.2f} dB{test_line}")
         with tempfile.TemporaryDirectory() as d:
-            torch.save(trainer.state(), Path(d) / STATE_FILE)
+            torch.save(trainer.state(), Path(d) / contract.STATE_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
     # a finished trial gives its GPU memory back at once (its actor process exits right after, and
     # nothing module-level holds a trial's tensors)
-    del trainer, teacher, data, sized
+    del trainer, teacher, data, sized, student, kd
     release_memory()
 
 

@@ -1,6 +1,6 @@
-"""Training: the shared loop, teacher training, device choice (importable without Ray/MLflow)."""
+"""Training: the shared loop and device choice (imports no config schema, Ray or MLflow)."""
 
 from kdlib.train.device import resolve_device
-from kdlib.train.trainer import Trainer, TrialSpec
+from kdlib.train.trainer import Trainer, TrainSettings
 
-__all__ = ["Trainer", "TrialSpec", "resolve_device"]
+__all__ = ["TrainSettings", "Trainer", "resolve_device"]

@@ -1,8 +1,11 @@
-"""The training loop shared by teachers and students (no Ray, no MLflow: runs anywhere torch runs).
+"""The training loop shared by teachers and students (no config schema, no Ray, no MLflow: runs
+anywhere torch runs).
 
-One :class:`Trainer` per student: frozen teacher (eval mode, no grad), loss = task loss + λ·KD loss,
-Adam, gradient clipping, per-epoch validation SI-SDR, best-validation weights kept for the final
-test, and a plain-dict state for checkpoint/resume.
+One :class:`Trainer` per model being trained: frozen teacher (eval mode, no grad), loss = task
+loss + λ·KD loss, Adam over the student and the KD method's own parameters, gradient clipping,
+per-epoch validation SI-SDR, best-validation weights kept for the final test, and a plain-dict
+state for checkpoint/resume. The caller builds every object; :class:`TrainSettings` carries the
+few scalar knobs.
 """
 
 from __future__ import annotations
@@ -11,106 +14,166 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
-from kdlib.config import SweepConfig
 from kdlib.evaluation import evaluate_model, mean_si_sdr, resolve_pesq_mode
-from kdlib.kd import FeatureTaps, KDInputs, build_kd_method
-from kdlib.losses import CompressedSpectralLoss
-from kdlib.models import SEModel, build_model, complexity, count_params
-from kdlib.train.datasets import SweepData
+from kdlib.kd import FeatureTaps, KDInputs, KDMethod
+from kdlib.models import SEModel, complexity, count_params
+
+if TYPE_CHECKING:
+    from kdlib.metrics import MetricSummary
 
 Log = Callable[[str], None]
 
+SCHEDULES = ("joint", "two_step")
 
-@dataclass
-class TrialSpec:
-    """One point of the sweep: which method, student size, seed and knobs.
+
+class TrainSet(Protocol):
+    """Training items for a ``DataLoader``: ``(noisy, clean)`` with noisy ``(L,)`` or ``(M, L)`` and
+    clean ``(L,)``, float samples, all items of one length L. ``set_epoch`` re-draws the epoch's items
+    (the mixers are deterministic per seed and epoch). An optional ``sample_rate`` (Hz) attribute sets
+    the audio rate of the throughput figure; without one the student's ``sample_rate`` is used."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+class EvalCorpus(Protocol):
+    """A paired validation/test set (e.g. :class:`kdlib.data.PairedCorpus`): ``load(i)`` gives numpy
+    ``(noisy, clean)``, noisy ``(L,)`` or ``(M, L)``, clean ``(L,)``, at ``sample_rate`` Hz;
+    ``pesq_mode_hint`` is the PESQ mode ``"auto"`` resolves to (``"wb"`` | ``"nb"``)."""
+
+    sample_rate: int
+    pesq_mode_hint: str
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class TrainData(Protocol):
+    """What a :class:`Trainer` reads: training items, a validation and a test corpus
+    (``kdlib.data.sources.SweepData`` fits)."""
+
+    @property
+    def train(self) -> TrainSet: ...
+
+    @property
+    def valid(self) -> EvalCorpus: ...
+
+    @property
+    def test(self) -> EvalCorpus: ...
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The scalar knobs of one training run.
 
     Attributes:
-        method: registered KD method. student_ratio: fraction of the teacher's params in (0, 1].
-        seed: init/data seed. lr: Adam learning rate. kd_weight: λ on the KD loss.
-        kd: the method's kwargs (the YAML ``methods.<name>`` block merged with searched ``kd.*``).
-        variant / schedule / student / teacher: the named ablation, loss schedule, student spec and
-        teacher (``teachers:`` key) of the cell, None where the sweep has no such dimension.
+        epochs: epochs to train in all (>= 1). batch_size: items per step (>= 1).
+        lr: Adam learning rate (> 0). grad_clip: max L2 norm of the student's gradient (> 0).
+        selection_metric: key under which :meth:`Trainer.validate` reports the mean validation
+            SI-SDR (the sweep passes ``"val_si_sdr"``).
+        kd_weight: λ on the KD loss (>= 0).
+        schedule: ``"joint"`` (task + λ·KD every epoch) or ``"two_step"`` (λ·KD only for the first
+            ``kd_only_epochs`` epochs, then task loss only).
+        kd_only_epochs: KD-only epochs of the two_step schedule (>= 0).
+        pesq_mode: PESQ mode of :meth:`Trainer.test`: ``"auto"`` (the test corpus' hint), ``"wb"``
+            or ``"nb"``.
+        label: prefix of every log line and error message (e.g. the trial's label, ``"teacher"``).
+
+    Raises:
+        ValueError: a value outside the ranges above or an unknown schedule.
     """
 
-    method: str
-    student_ratio: float
-    seed: int = 0
-    lr: float = 1e-3
+    epochs: int
+    batch_size: int
+    lr: float
+    grad_clip: float
+    selection_metric: str
     kd_weight: float = 1.0
-    kd: dict[str, Any] = field(default_factory=dict)
-    variant: str | None = None
     schedule: str = "joint"
-    student: str | None = None
-    teacher: str | None = None
+    kd_only_epochs: int = 1
+    pesq_mode: str = "auto"
+    label: str = "student"
 
-    @classmethod
-    def from_trial_config(cls, config: dict[str, Any], cfg: SweepConfig) -> TrialSpec:
-        """Build from a Ray Tune trial config (flat keys, ``kd.<knob>`` for searched knobs)."""
-        kd = dict(cfg.methods.get(config["method"], {}))
-        variant = config.get("variant")
-        if variant is not None:
-            kd.update(cfg.search.variants[variant])
-        kd.update({k[3:]: v for k, v in config.items() if k.startswith("kd.")})
-        return cls(
-            method=config["method"], student_ratio=float(config["student_ratio"]),
-            seed=int(config.get("seed", 0)), lr=float(config.get("lr", cfg.training.lr)),
-            kd_weight=float(config.get("kd_weight", cfg.training.kd_weight)), kd=kd, variant=variant,
-            schedule=str(config.get("schedule", cfg.training.schedule)), student=config.get("student"),
-            teacher=config.get("teacher"),
-        )
-
-    def label(self) -> str:
-        tags = (self.teacher, self.student, self.variant, None if self.schedule == "joint" else self.schedule)
-        extra = "".join(f" {v}" for v in tags if v)
-        return f"{self.method}{extra} r={self.student_ratio:g} seed={self.seed}"
+    def __post_init__(self) -> None:
+        problems = [
+            f"{name} must be {rule}, got {value!r}"
+            for name, value, ok, rule in (
+                ("epochs", self.epochs, self.epochs >= 1, ">= 1"),
+                ("batch_size", self.batch_size, self.batch_size >= 1, ">= 1"),
+                ("lr", self.lr, self.lr > 0, "> 0"),
+                ("grad_clip", self.grad_clip, self.grad_clip > 0, "> 0"),
+                ("kd_weight", self.kd_weight, self.kd_weight >= 0, ">= 0"),
+                ("kd_only_epochs", self.kd_only_epochs, self.kd_only_epochs >= 0, ">= 0"),
+                ("schedule", self.schedule, self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+            )
+            if not ok
+        ]
+        if problems:
+            raise ValueError(f"TrainSettings: {'; '.join(problems)}")
 
 
 class Trainer:
-    """Trains one student (or the teacher itself, with ``teacher=None`` and method ``none``).
+    """Trains one model: a student distilled from a teacher, or a model alone (the ``none`` KD
+    method, e.g. the teacher itself with ``teacher=None``).
+
+    The Trainer neither seeds nor builds anything. For bit-identical runs the caller does
+    ``torch.manual_seed(seed)`` (after building the data), then builds the student, then the KD method
+    (:func:`kdlib.kd.build_kd_method`), in that order: the KD method's adapters draw from the same
+    random stream as the student's initialisation.
+
+    The student, teacher, KD method and task loss are moved to ``device``; the teacher is put in eval
+    mode with ``requires_grad`` off and runs under ``torch.no_grad()``, so training never changes it.
 
     Args:
-        cfg: the sweep config (training knobs, data, model family).
-        spec: the trial point.
-        student_args: constructor kwargs of the student (from the size builder).
-        data: training mixes + validation/test corpora.
-        teacher: the frozen teacher, or None when the method needs none.
+        student: the model being trained; input ``(B, L)`` or ``(B, M, L)``, output ``(B, L)``.
+        teacher: the frozen teacher, or None when ``kd_method`` needs none.
+        kd_method: the KD loss, built for ``student`` and ``teacher``.
+        task_loss: the supervised loss ``(estimate (B, L), clean (B, L)) → scalar``
+            (:func:`kdlib.losses.task_loss_for`).
+        data: training items plus validation and test corpora (:class:`TrainData`).
+        settings: epochs, batch size, optimiser and schedule knobs.
         device: where to train.
-        epochs, batch_size: override ``cfg.training`` (used for the teacher).
-        log: progress sink (one line per event).
-        model_name: the student's family (default: the teacher's).
+        log: progress sink, one line per event.
 
     Raises:
-        ConfigError: bad KD kwargs or taps. FloatingPointError: the loss became NaN/inf.
+        ValueError: ``kd_method`` needs a teacher but ``teacher`` is None, or the training set has
+            fewer items than one batch.
     """
 
-    def __init__(self, cfg: SweepConfig, spec: TrialSpec, student_args: dict[str, Any], data: SweepData,
-                 teacher: SEModel | None = None, device: torch.device | str = "cpu",
-                 epochs: int | None = None, batch_size: int | None = None, log: Log = print,
-                 model_name: str | None = None) -> None:
-        self.cfg, self.spec, self.data, self.log = cfg, spec, data, log
+    def __init__(self, student: SEModel, teacher: SEModel | None, kd_method: KDMethod, task_loss: nn.Module,
+                 data: TrainData, settings: TrainSettings, device: torch.device | str = "cpu",
+                 log: Log = print) -> None:
+        if kd_method.needs_teacher and teacher is None:
+            name = getattr(type(kd_method), "registry_name", type(kd_method).__name__)
+            raise ValueError(f"KD method '{name}' needs a teacher, but teacher is None")
+        self.settings, self.data, self.log = settings, data, log
         self.device = torch.device(device)
-        self.epochs = epochs or cfg.training.epochs
-        self.batch_size = batch_size or cfg.training.batch_size
-        torch.manual_seed(spec.seed)
-        family = model_name or cfg.teacher_cfg(spec.teacher).model.name
-        self.student = build_model(family, student_args).to(self.device)
+        self.epochs = settings.epochs
+        self.batch_size = settings.batch_size
+        self.student = student.to(self.device)
         self.teacher = teacher
         if teacher is not None:
             teacher.to(self.device).eval().requires_grad_(False)
-        self.kd = build_kd_method(spec.method, self.student, teacher, spec.kd).to(self.device)
+        self.kd = kd_method.to(self.device)
         self.use_teacher = self.kd.needs_teacher
         self.student_taps = FeatureTaps(self.student, self.kd.student_taps())
         self.teacher_taps = FeatureTaps(teacher, self.kd.teacher_taps()) if self.use_teacher else None
-        # a family may need another task loss (sub-band models: no waveform term, see models/subband.py)
-        self.task_loss = CompressedSpectralLoss(**getattr(self.student, "task_loss_kwargs", {})).to(self.device)
-        self.optimizer = torch.optim.Adam([*self.student.parameters(), *self.kd.parameters()], lr=spec.lr)
+        self.task_loss = task_loss.to(self.device)
+        self.optimizer = torch.optim.Adam([*self.student.parameters(), *self.kd.parameters()], lr=settings.lr)
+        # audio rate of the throughput figure: the training data's own rate, else the model's
+        self.sample_rate = int(getattr(data.train, "sample_rate", None) or getattr(student, "sample_rate", 16000))
         self.epoch = 0  # epochs completed
         self.best_val = -math.inf
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -120,14 +183,24 @@ class Trainer:
 
     # -- figures ------------------------------------------------------------------------------
     def complexity(self, teacher_params: int | None = None) -> dict[str, float]:
-        """params, MACs per second of audio, % of the teacher, and the KD method's own params."""
+        """params, MACs per second of audio, % of the teacher (``teacher_params``, default the
+        teacher's count) and ``kd_extra_params`` (the KD method's own learnable params)."""
         out = complexity(self.student, teacher_params or (count_params(self.teacher) if self.teacher else None))
         out["kd_extra_params"] = self.kd.extra_params()
         return out
 
     # -- one epoch ----------------------------------------------------------------------------
     def train_epoch(self) -> dict[str, float]:
-        """One pass over the epoch's mixtures; returns mean losses and throughput (audio s / s)."""
+        """One pass over the epoch's items.
+
+        Returns:
+            ``train_loss``, ``task_loss``, ``kd_loss`` (means over the batches), ``epoch_seconds`` (s)
+            and ``audio_seconds_per_second`` (seconds of training audio per wall-clock second).
+
+        Raises:
+            FloatingPointError: the loss became NaN/inf (names the epoch and batch).
+        """
+        label = self.settings.label
         self.data.train.set_epoch(self.epoch)
         task_weight, kd_weight = self.loss_weights()
         self.student.train()
@@ -135,8 +208,10 @@ class Trainer:
         totals = {"train_loss": 0.0, "task_loss": 0.0, "kd_loss": 0.0}
         start = time.perf_counter()
         n_batches = len(self.loader)
+        segment_samples = 0
         for i, (noisy, clean) in enumerate(self.loader):
             noisy, clean = noisy.to(self.device), clean.to(self.device)
+            segment_samples = clean.shape[-1]
             teacher_out = None
             if self.use_teacher:
                 with torch.no_grad():
@@ -149,72 +224,109 @@ class Trainer:
             # one host-device sync per batch for the NaN check and the running totals
             loss_v, task_v, kd_v = torch.stack([loss.detach(), task.detach(), kd.detach().float()]).tolist()
             if not math.isfinite(loss_v):
-                raise FloatingPointError(
-                    f"{self.spec.label()}: loss became {loss_v} at epoch {self.epoch + 1}, batch {i + 1}"
-                )
+                raise FloatingPointError(f"{label}: loss became {loss_v} at epoch {self.epoch + 1}, batch {i + 1}")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.training.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.settings.grad_clip)
             self.optimizer.step()
             totals["train_loss"] += loss_v
             totals["task_loss"] += task_v
             totals["kd_loss"] += kd_v
             if (i + 1) % max(1, n_batches // 4) == 0 and i + 1 < n_batches:
                 elapsed = time.perf_counter() - start
-                self.log(f"[{self.spec.label()}] epoch {self.epoch + 1}/{self.epochs} batch {i + 1}/{n_batches} "
+                self.log(f"[{label}] epoch {self.epoch + 1}/{self.epochs} batch {i + 1}/{n_batches} "
                          f"loss {totals['train_loss'] / (i + 1):.4f} eta(epoch) "
                          f"{elapsed / (i + 1) * (n_batches - i - 1):.0f}s")
         seconds = time.perf_counter() - start
         self.epoch += 1
-        audio_seconds = n_batches * self.batch_size * self.cfg.data.train.segment_seconds
+        # segment length in s as L / rate, then the same product as the config-based figure it
+        # replaces (batches × batch size × segment seconds), so the logged value stays bit-identical
+        audio_seconds = n_batches * self.batch_size * (segment_samples / self.sample_rate)
         out = {k: v / n_batches for k, v in totals.items()}
         out.update(epoch_seconds=seconds, audio_seconds_per_second=audio_seconds / seconds)
         return out
 
     def loss_weights(self) -> tuple[float, float]:
-        """(task weight, KD weight) of the current epoch under the trial's schedule.
+        """(task weight, KD weight) of the current epoch under ``settings.schedule``.
 
         joint: (1, λ). two_step (arXiv 2309.08144 §2): (0, λ) for the first ``kd_only_epochs``
         epochs, then (1, 0). A method without a teacher (``none``) always trains on the task loss.
         """
-        if self.spec.schedule != "two_step" or not self.use_teacher:
-            return 1.0, self.spec.kd_weight
-        if self.epoch < self.cfg.training.kd_only_epochs:
-            return 0.0, self.spec.kd_weight
+        s = self.settings
+        if s.schedule != "two_step" or not self.use_teacher:
+            return 1.0, s.kd_weight
+        if self.epoch < s.kd_only_epochs:
+            return 0.0, s.kd_weight
         return 1.0, 0.0
 
     def validate(self) -> dict[str, float]:
-        """Mean SI-SDR (dB) on the validation corpus; keeps the best weights for :meth:`test`."""
+        """Mean SI-SDR (dB) on the validation corpus; keeps the best weights for :meth:`test`.
+
+        Returns:
+            ``{selection_metric: this epoch's value, "best_" + selection_metric: best so far}``.
+        """
         val = mean_si_sdr(self.student, self.data.valid, self.device)
         if val > self.best_val:
             self.best_val = val
             self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.student.state_dict().items()})
-        return {"val_si_sdr": val, "best_val_si_sdr": self.best_val}
+        key = self.settings.selection_metric
+        return {key: val, f"best_{key}": self.best_val}
+
+    def fit(self) -> list[dict[str, float]]:
+        """Train the remaining epochs (``epoch`` … ``epochs``): :meth:`train_epoch` + :meth:`validate`
+        each, one log line per epoch with the loss, validation SI-SDR, throughput and ETA.
+
+        Returns:
+            one dict per epoch run here (the keys of :meth:`train_epoch` and :meth:`validate`);
+            empty when every epoch is done already.
+
+        Raises:
+            FloatingPointError: see :meth:`train_epoch`.
+        """
+        label, key = self.settings.label, self.settings.selection_metric
+        start, first = time.perf_counter(), self.epoch
+        history = []
+        while self.epoch < self.epochs:
+            stats = self.train_epoch()
+            stats.update(self.validate())
+            history.append(stats)
+            elapsed = time.perf_counter() - start
+            self.log(f"[{label}] epoch {self.epoch}/{self.epochs} loss {stats['train_loss']:.4f} "
+                     f"val SI-SDR {stats[key]:.2f} dB, {stats['audio_seconds_per_second']:.1f} audio s/s, "
+                     f"eta {elapsed / (self.epoch - first) * (self.epochs - self.epoch):.0f}s")
+        return history
 
     def best_model(self) -> SEModel:
-        """The student at its best validation epoch (the final weights if never validated)."""
+        """The student at its best validation epoch (the student itself if never validated)."""
         if self.best_state is None:
             return self.student
         model = copy.deepcopy(self.student)
         model.load_state_dict(self.best_state)
         return model.eval()
 
-    def test(self, num_workers: int = 1) -> dict[str, float]:
-        """PESQ/STOI/ESTOI/SI-SDR of the best-validation student on the test corpus (``test_*`` keys)."""
-        mode = resolve_pesq_mode(self.cfg.data.test.pesq_mode, self.data.test)
-        summary = evaluate_model(self.best_model(), self.data.test, mode, num_workers=num_workers,
-                                 device=self.device)
-        return summary.as_flat_dict("test_")
+    def test(self, num_workers: int = 1) -> MetricSummary:
+        """PESQ/STOI/ESTOI/SI-SDR of the best-validation student on the test corpus, PESQ in
+        ``settings.pesq_mode`` (``auto``: the corpus' hint); ``num_workers`` scoring processes.
+        The caller flattens it (e.g. ``summary.as_flat_dict("test_")``)."""
+        mode = resolve_pesq_mode(self.settings.pesq_mode, self.data.test)
+        return evaluate_model(self.best_model(), self.data.test, mode, num_workers=num_workers, device=self.device)
 
     # -- checkpoint state ---------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """Everything needed to continue after the last completed epoch."""
+        """Everything needed to continue after the last completed epoch (tensors and plain values,
+        loadable with ``torch.load(weights_only=True)``)."""
         return {
             "epoch": self.epoch, "student": self.student.state_dict(), "kd": self.kd.state_dict(),
             "optimizer": self.optimizer.state_dict(), "best_val": self.best_val, "best_state": self.best_state,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state` of a Trainer built the same way: the next epoch is
+        ``state["epoch"] + 1``.
+
+        Raises:
+            KeyError, RuntimeError: a state of another format or architecture.
+        """
         self.student.load_state_dict(state["student"])
         self.kd.load_state_dict(state["kd"])
         self.optimizer.load_state_dict(state["optimizer"])

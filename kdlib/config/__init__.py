@@ -1,0 +1,62 @@
+"""The sweep schema: YAML → validated :class:`SweepConfig` (pure pydantic; imports no torch, no models,
+KD methods or data code). What is derived from it (paths, hashes, sized students, the smoke transform
+and the checks that build models) is the plan: :mod:`kdlib.sweep.plan`."""
+
+from kdlib.config.data import (
+    ARRAY_CORPUS,
+    L3DAS23_CORPUS,
+    ArrayConfig,
+    ArraySplitConfig,
+    DataConfig,
+    L3DAS23Config,
+    L3DAS23SplitConfig,
+    MixConfig,
+    PairedConfig,
+)
+from kdlib.config.loader import apply_overrides, import_plugins, load_config, read_yaml
+from kdlib.config.schema import (
+    KD_KNOB_PREFIX,
+    SEARCHABLE,
+    Distribution,
+    MLflowConfig,
+    ModelNode,
+    RayConfig,
+    ResourcesConfig,
+    SchedulerConfig,
+    SearchConfig,
+    SmokeConfig,
+    StudentSpec,
+    SweepConfig,
+    TeacherConfig,
+    TrainingConfig,
+)
+
+__all__ = [
+    "ARRAY_CORPUS",
+    "ArrayConfig",
+    "ArraySplitConfig",
+    "DataConfig",
+    "Distribution",
+    "KD_KNOB_PREFIX",
+    "L3DAS23Config",
+    "L3DAS23SplitConfig",
+    "L3DAS23_CORPUS",
+    "MLflowConfig",
+    "MixConfig",
+    "ModelNode",
+    "PairedConfig",
+    "RayConfig",
+    "ResourcesConfig",
+    "SEARCHABLE",
+    "SchedulerConfig",
+    "SearchConfig",
+    "SmokeConfig",
+    "StudentSpec",
+    "SweepConfig",
+    "TeacherConfig",
+    "TrainingConfig",
+    "apply_overrides",
+    "import_plugins",
+    "load_config",
+    "read_yaml",
+]

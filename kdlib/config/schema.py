@@ -1,0 +1,267 @@
+"""The sweep schema: pure pydantic models of a sweep YAML (no torch, no models, KD methods or data).
+
+Validation here refuses, with one line naming the key: unknown keys, wrong types, impossible values
+(ratios outside (0, 1], empty grids, reversed ranges) and cross-field contradictions that need no
+model. Checks that build models, KD methods or read data are the plan's (:mod:`kdlib.sweep.plan`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from kdlib.config.base import Strict as _Strict
+from kdlib.config.data import DataConfig
+
+
+class ModelNode(_Strict):
+    """A registered model: ``{name, kwargs}``."""
+
+    name: str = "dpdcrn"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class StudentSpec(_Strict):
+    """A student family and its unscaled args; the size builder then scales it to each ratio."""
+
+    model: str | None = None  # None = the teacher's family
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # same family: overrides of the teacher's args
+
+
+class TeacherConfig(_Strict):
+    """The teacher network and how it is trained (once per sweep, shared by every trial)."""
+
+    model: ModelNode = Field(default_factory=ModelNode)
+    checkpoint: str | None = None
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    threads: int = Field(2, ge=1)
+
+
+class TrainingConfig(_Strict):
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    kd_weight: float = Field(1.0, ge=0)
+    grad_clip: float = Field(5.0, gt=0)
+    #: joint: task + λ·KD every epoch; two_step: λ·KD only for ``kd_only_epochs``, then task loss only
+    #: (Nathoo et al., arXiv 2309.08144). Searchable as ``search.grid.schedule``.
+    schedule: Literal["joint", "two_step"] = "joint"
+    kd_only_epochs: int = Field(1, ge=0)
+    device: str = "auto"
+    #: same-size tolerance of the size builder (±, relative)
+    size_tolerance: float = Field(0.10, gt=0, lt=1)
+
+
+class Distribution(_Strict):
+    """One continuous/discrete knob for Optuna: exactly one of the keys."""
+
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    int: tuple[int, int] | None = None
+    choice: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Distribution:
+        set_ = [k for k in ("uniform", "loguniform", "int", "choice") if getattr(self, k) is not None]
+        if len(set_) != 1:
+            raise ValueError("give exactly one of uniform, loguniform, int, choice")
+        lo_hi = self.uniform or self.loguniform or self.int
+        if lo_hi is not None and lo_hi[0] >= lo_hi[1]:
+            raise ValueError(f"range must be increasing, got {list(lo_hi)}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError("loguniform bounds must be > 0")
+        if self.choice is not None and not self.choice:
+            raise ValueError("choice needs at least one value")
+        return self
+
+
+class SearchConfig(_Strict):
+    """Grid over method × student_ratio × seed (× ``kd.<knob>`` lists); Optuna samples the
+    continuous knobs (``lr``, ``kd_weight``, ``kd.<knob>``) inside every grid cell."""
+
+    method: list[str] = Field(min_length=1)
+    student_ratio: list[float] = Field(min_length=1)
+    seed: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    #: named students (from ``students:``); empty = every declared student, or the teacher's family
+    student: list[str] = Field(default_factory=list)
+    #: named teachers (from ``teachers:``); empty = every declared teacher
+    teacher: list[str] = Field(default_factory=list)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    #: named KD-kwarg overrides swept as one grid dimension ``variant`` (ablations: one knob off at a time)
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    optuna: dict[str, Distribution] = Field(default_factory=dict)
+    repeats: int = Field(1, ge=1)
+    #: grid cells to leave out, e.g. ``[{method: subband_kd, student: fullband}]`` (all keys must match)
+    exclude: list[dict[str, Any]] = Field(default_factory=list)
+
+    def dims(self) -> dict[str, list[Any]]:
+        """Grid dimensions: method, student_ratio, seed, ``grid`` keys, ``variant``, ``student``, ``teacher``."""
+        dims = {"method": self.method, "student_ratio": self.student_ratio, "seed": self.seed, **self.grid}
+        if self.variants:
+            dims["variant"] = list(self.variants)
+        if self.student:
+            dims["student"] = list(self.student)
+        if self.teacher:
+            dims["teacher"] = list(self.teacher)
+        return dims
+
+    def points(self) -> list[dict[str, Any]]:
+        """Every grid cell not excluded, ``repeats`` times, in a deterministic (method-major) order."""
+        import itertools
+
+        dims = self.dims()
+        cells = [dict(zip(dims, values, strict=True)) for values in itertools.product(*dims.values())]
+        cells = [c for c in cells if not any(all(c.get(k) == v for k, v in ex.items()) for ex in self.exclude)]
+        return [dict(c) for c in cells for _ in range(self.repeats)]
+
+    @field_validator("student_ratio")
+    @classmethod
+    def _ratios(cls, v: list[float]) -> list[float]:
+        for r in v:
+            if not 0 < r <= 1:
+                raise ValueError(f"every ratio must be in (0, 1], got {r}")
+        return v
+
+
+class SchedulerConfig(_Strict):
+    name: Literal["fifo", "asha"] = "fifo"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class ResourcesConfig(_Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0, le=1)
+
+
+class RayConfig(_Strict):
+    address: str | None = None
+    num_cpus: int | None = Field(None, ge=1)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    max_failures: int = Field(0, ge=0)
+
+
+class MLflowConfig(_Strict):
+    tracking_uri: str | None = None
+    experiment: str | None = None
+
+
+class SmokeConfig(_Strict):
+    """Overrides applied by ``--smoke-test``: a few seconds of everything, same code paths."""
+
+    epochs: int = Field(1, ge=1)
+    teacher_epochs: int = Field(1, ge=1)
+    segments_per_epoch: int = Field(4, ge=1)
+    segment_seconds: float = Field(1.0, gt=0)
+    max_utterances: int = Field(2, ge=1)
+    seeds: int = Field(1, ge=1)
+    #: keep only the first N student ratios (None = all)
+    ratios: int | None = Field(None, ge=1)
+    #: shrink every teacher to this fraction of its params with the size builder (same family and code
+    #: paths, a fraction of the CPU time: for multi-million-parameter backbones); None = full size
+    teacher_ratio: float | None = Field(None, gt=0, le=1)
+
+
+class SweepConfig(_Strict):
+    """A whole sweep file (see ``sweeps/quickstart.yaml`` for a commented example)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    #: modules imported before validation and in every trial, to register user models/KD methods
+    plugins: list[str] = Field(default_factory=list)
+    output_dir: str = "runs"
+    data: DataConfig
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    #: named teachers (e.g. one per backbone), swept as the grid dimension ``teacher``; replaces ``teacher``
+    teachers: dict[str, TeacherConfig] = Field(default_factory=dict)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    #: named student specs, swept as the grid dimension ``student`` (default: the teacher's family/args)
+    students: dict[str, StudentSpec] = Field(default_factory=dict)
+    methods: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    search: SearchConfig
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    mlflow: MLflowConfig = Field(default_factory=MLflowConfig)
+    smoke: SmokeConfig = Field(default_factory=SmokeConfig)
+
+    # ---- pure accessors (what is derived from the environment or needs models lives in the plan) ----
+    @property
+    def experiment(self) -> str:
+        """The MLflow experiment: ``mlflow.experiment``, else the sweep's ``name``."""
+        return self.mlflow.experiment or self.name
+
+    def teacher_names(self) -> list[str | None]:
+        """The named teachers of ``teachers:``, or ``[None]`` for the single ``teacher:``."""
+        return list(self.teachers) if self.teachers else [None]
+
+    def teacher_cfg(self, name: str | None = None) -> TeacherConfig:
+        """The named teacher's config (``None``: the single ``teacher:``, or the only named one).
+
+        Raises:
+            KeyError: ``name`` is not declared under ``teachers``.
+        """
+        if name is None:
+            if len(self.teachers) > 1:
+                raise KeyError(f"this sweep has several teachers ({', '.join(self.teachers)}): name one")
+            return next(iter(self.teachers.values())) if self.teachers else self.teacher
+        if name not in self.teachers:
+            raise KeyError(f"no teacher '{name}' under teachers ({', '.join(self.teachers) or 'none declared'})")
+        return self.teachers[name]
+
+    def student_base(self, student: str | None, teacher_args: dict[str, Any],
+                     teacher: str | None = None) -> tuple[str, dict[str, Any]]:
+        """``(family, unscaled args)`` of a named student (None = the teacher's family and args).
+
+        ``teacher`` names the trial's teacher when the sweep declares ``teachers``.
+        """
+        teacher_family = self.teacher_cfg(teacher).model.name
+        if student is None:
+            return teacher_family, dict(teacher_args)
+        spec = self.students[student]
+        family = spec.model or teacher_family
+        if family == teacher_family:
+            return family, {**teacher_args, **spec.kwargs}
+        return family, dict(spec.kwargs)
+
+    # ---- cross-field checks that need no model, KD method or audio ---------------------------
+    @model_validator(mode="after")
+    def _check_names(self) -> SweepConfig:
+        # a default `teacher` next to `teachers` is what model_dump writes (kdlib sweep resume reloads it)
+        if self.teachers and "teacher" in self.model_fields_set and self.teacher != TeacherConfig():
+            raise ValueError("teacher: give either one teacher or named teachers, not both")
+        unknown = sorted(set(self.search.teacher) - set(self.teachers))
+        if unknown:
+            raise ValueError(f"search.teacher: {unknown} not declared under teachers "
+                             f"({', '.join(self.teachers) or 'none declared'})")
+        if self.teachers and not self.search.teacher:
+            self.search.teacher = list(self.teachers)
+        for ex in self.search.exclude:
+            bad = sorted(set(ex) - set(self.search.dims()) - {"student", "teacher"})
+            if bad:
+                raise ValueError(f"search.exclude: {bad} are not grid dimensions ({', '.join(self.search.dims())})")
+        unknown = sorted(set(self.search.student) - set(self.students))
+        if unknown:
+            raise ValueError(f"search.student: {unknown} not declared under students ({', '.join(self.students)})")
+        if self.students and not self.search.student:
+            self.search.student = list(self.students)
+        if "schedule" in self.search.grid and not set(self.search.grid["schedule"]) <= {"joint", "two_step"}:
+            raise ValueError("search.grid.schedule: values must be joint or two_step")
+        if self.training.schedule == "two_step" and self.training.kd_only_epochs >= self.training.epochs:
+            raise ValueError("training.kd_only_epochs must be < training.epochs for the two_step schedule")
+        for key in [*self.search.grid, *self.search.optuna]:
+            if key not in SEARCHABLE and not key.startswith(KD_KNOB_PREFIX):
+                where = "search.grid" if key in self.search.grid else "search.optuna"
+                raise ValueError(f"{where}.{key}: only lr, kd_weight, schedule and kd.<knob> can be searched")
+        if not self.search.points():
+            raise ValueError("search.exclude: every grid cell is excluded")
+        return self
+
+
+#: searchable keys besides ``kd.<knob>``
+SEARCHABLE = ("lr", "kd_weight", "schedule")
+#: prefix of a KD method knob in ``search.grid`` / ``search.optuna`` (``kd.tau``)
+KD_KNOB_PREFIX = "kd."

@@ -1,0 +1,62 @@
+"""Mono training mixtures of ``speech/`` + ``noise/`` made on the fly; validation and test on paired corpora
+(``data.valid`` + ``data.test``: VoiceBank+DEMAND, NOIZEUS, any folder with a ``pairs.csv``)."""
+
+from __future__ import annotations
+
+from kdlib.config.data import DataConfig, PairedConfig
+from kdlib.data.mixing import SpeechNoiseMixer
+from kdlib.data.paired import PairedCorpus
+from kdlib.data.sources.base import DataSource, SweepData, register_data_source
+from kdlib.data.speech import list_noise, list_speech, speaker_matches
+from kdlib.errors import DataError
+
+
+@register_data_source("paired_mix")
+class PairedMixSource(DataSource):
+    """The default source: no ``data.array`` and no ``data.l3das23`` section.
+
+    Training: :class:`SpeechNoiseMixer` over every ``data.train.speech`` speaker folder except the valid/test
+    speakers and ``data.train.exclude_speakers`` (compared with :func:`speaker_matches`, so ``p232`` also
+    removes ``vctk_p232``), all ``data.train.noise`` files, ``(L,)`` / ``(L,)`` items.
+    """
+
+    @classmethod
+    def selected_by(cls, data: DataConfig) -> bool:
+        return data.array is None and data.l3das23 is None
+
+    @property
+    def input_channels(self) -> int:
+        return 1
+
+    def split(self, part: PairedConfig) -> PairedCorpus:
+        """The paired corpus of a valid/test section, restricted to its speakers and utterance cap.
+
+        Raises:
+            DataError: missing corpus, unpaired/unequal files, wrong sample rate, or no utterance left.
+        """
+        corpus = PairedCorpus(self.root / part.corpus, sample_rate=self.data.sample_rate)
+        if part.speakers:
+            unknown = sorted(set(part.speakers) - set(corpus.speakers()))
+            if unknown:
+                raise DataError(f"corpus '{part.corpus}' has no speaker(s) {unknown}; it has {corpus.speakers()}")
+        return corpus.subset(part.speakers, part.max_utterances)
+
+    def eval_sets(self) -> tuple[PairedCorpus, PairedCorpus]:
+        assert self.data.valid is not None and self.data.test is not None  # the schema refuses neither/both
+        return self.split(self.data.valid), self.split(self.data.test)
+
+    def build(self, seed: int = 0) -> SweepData:
+        cfg = self.data
+        valid, test = self.eval_sets()
+        held_out = set(valid.speakers()) | set(test.speakers()) | set(cfg.train.exclude_speakers)
+        speech = list_speech(self.root, cfg.train.speech)
+        train_speakers = [s for s in speech if not any(speaker_matches(s, h) for h in held_out)]
+        if not train_speakers:
+            raise DataError("no training speaker left after excluding the validation/test speakers")
+        files = [f for s in train_speakers for f in speech[s]]
+        mixer = SpeechNoiseMixer(
+            files, list_noise(self.root, cfg.train.noise), sample_rate=cfg.sample_rate,
+            segment_seconds=cfg.train.segment_seconds, snr_db=tuple(cfg.train.snr_db),
+            num_segments=cfg.train.segments_per_epoch, seed=seed,
+        )
+        return SweepData(mixer, valid, test, train_speakers)

@@ -1,0 +1,306 @@
+"""The markdown text of a Pareto report: number formatting, tables, and the document itself.
+
+Every quality column comes from :data:`kdlib.metrics.specs.METRICS` (header ``spec.column_label``, values
+formatted with ``spec.fmt``); the cost columns' headers come from :data:`kdlib.metrics.specs.COSTS`. Missing
+values are shown as an em dash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kdlib.metrics import specs
+from kdlib.metrics.specs import MetricSpec
+from kdlib.report.front import (
+    BASELINE_METHOD,
+    FINISHED,
+    PRIMARY_METRIC,
+    ReportRows,
+    delta_column,
+    isnum,
+    pareto_front,
+    ratio_key,
+)
+from kdlib.report.runs import noisy_column
+from kdlib.sweep.contract import TEST_PREFIX
+
+#: Provenance keys shown first, with their labels; any other key follows in sorted order.
+_PROVENANCE_LABELS = {
+    "experiment": "Experiment",
+    "parent_run_id": "Parent run id",
+    "parent_run_name": "Parent run name",
+    "started": "Sweep started",
+    "config_hash": "Config hash",
+    "git_commit": "Git commit",
+    "sample_rate": "Sample rate (Hz)",
+    "pesq_mode": "PESQ mode",
+    "test_set": "Test set",
+}
+
+_DASH = "—"
+
+# ----------------------------------------------------------------------------------------------
+# formatting
+
+
+def _fmt(value: Any, spec: str) -> str:
+    """Format a number with ``spec``, or an em dash when it is missing."""
+    if not isnum(value):
+        return _DASH
+    return format(round(float(value), 9) + 0.0, spec)  # + 0.0 turns -0.0 into 0.0 (no "-0.000")
+
+
+def _fmt_count(value: Any) -> str:
+    """Parameter count with thousands separators."""
+    return f"{float(value):,.0f}" if isnum(value) else _DASH
+
+
+def _fmt_macs(value: Any) -> str:
+    """MACs per second of audio, in millions (M/s)."""
+    if not isnum(value):
+        return _DASH
+    m = float(value) / 1e6
+    return f"{m:.2f}" if abs(m) < 10 else f"{m:.1f}" if abs(m) < 100 else f"{m:,.0f}"
+
+
+def _fmt_ratio(value: Any) -> str:
+    return f"{float(value):g}" if isnum(value) else _DASH
+
+
+def _fmt_text(value: Any) -> str:
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return _DASH
+    return str(value)
+
+
+def _mean_std(values: pd.Series, spec: str) -> str:
+    """``mean ± std`` (sample std) of the finite values; just the mean when there is one value."""
+    v = pd.to_numeric(values, errors="coerce").astype(float)
+    v = v[np.isfinite(v)]
+    if v.empty:
+        return _DASH
+    if len(v) == 1:
+        return format(v.iloc[0], spec)
+    return f"{format(v.mean(), spec)} ± {format(v.std(ddof=1), spec)}"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """Markdown pipe table as a list of lines."""
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _cost_label(name: str) -> str:
+    return specs.metric(name).column_label  # "params", "MACs (M/s)"
+
+
+def _delta_label(spec: MetricSpec) -> str:
+    return f"Δ{spec.label} vs {BASELINE_METHOD}"
+
+
+# ----------------------------------------------------------------------------------------------
+# sections
+
+
+def _provenance_lines(prov: dict[str, Any]) -> list[str]:
+    keys = [k for k in _PROVENANCE_LABELS if k in prov] + sorted(k for k in prov if k not in _PROVENANCE_LABELS)
+    rows = [(_PROVENANCE_LABELS.get(k, k), _fmt_text(prov[k])) for k in keys]
+    if not rows:
+        return ["No provenance recorded (no parent-run params given).", ""]
+    return [*_md_table(["item", "value"], rows), ""]
+
+
+def _units_sentence() -> str:
+    """``PESQ/STOI/ESTOI are unitless, SI-SDR is in dB`` from the metric table."""
+    unitless = [m.label for m in specs.METRICS if not m.unit]
+    parts = [f"{'/'.join(unitless)} {'are' if len(unitless) > 1 else 'is'} unitless"] if unitless else []
+    parts += [f"{m.label} is in {m.unit}" for m in specs.METRICS if m.unit]
+    return ", ".join(parts)
+
+
+def _reference_lines(teacher: pd.Series | None) -> list[str]:
+    metrics = specs.METRICS
+    header = ["reference", _cost_label("params"), "params %", _cost_label("macs"), *[m.column_label for m in metrics]]
+    if teacher is None:
+        return ["No teacher run in this sweep.", ""]
+    noisy = ["noisy input", _DASH, _DASH, _DASH, *[_fmt(teacher.get(noisy_column(m.name)), m.fmt) for m in metrics]]
+    t_pct = teacher.get("params_pct") if isnum(teacher.get("params_pct")) else 100.0
+    teach = [
+        f"teacher ({_fmt_text(teacher.get('run_id'))})",
+        _fmt_count(teacher.get("params")),
+        _fmt(t_pct, ".1f"),
+        _fmt_macs(teacher.get("macs")),
+        *[_fmt(teacher.get(m.name), m.fmt) for m in metrics],
+    ]
+    return [*_md_table(header, [noisy, teach]), ""]
+
+
+def _front_lines(finished: pd.DataFrame, spec: MetricSpec, extras: list[str]) -> list[str]:
+    """Table of the trials non-dominated in (``spec`` up, params down), smallest first.
+
+    Columns: the compact metrics, then the delta of the primary metric and (if another) of ``spec``.
+    """
+    metric = spec.name
+    mask = pareto_front(finished, metric, cost="params")
+    fr = finished[mask].sort_values(["params", metric], ascending=[True, False])
+    if fr.empty:
+        return [f"No finished trial has both a {spec.label} score and a parameter count.", ""]
+    shown = [m for m in specs.METRICS if m.compact]
+    deltas = [specs.metric(n) for n in dict.fromkeys((PRIMARY_METRIC, metric))]
+    header = [
+        "method",
+        "student_ratio",
+        *[c[len("param.") :] for c in extras],
+        "seed",
+        "lr",
+        "kd_weight",
+        _cost_label("params"),
+        "params %",
+        _cost_label("macs"),
+        *[m.column_label for m in shown],
+        *[_delta_label(m) for m in deltas],
+        "run_id",
+    ]
+    rows = []
+    for _, r in fr.iterrows():
+        rows.append(
+            [
+                _fmt_text(r["method"]),
+                _fmt_ratio(r["student_ratio"]),
+                *[_fmt_text(r[c]) for c in extras],
+                _fmt_text(r["seed"]),
+                _fmt(r["lr"], ".3g"),
+                _fmt(r["kd_weight"], ".3g"),
+                _fmt_count(r["params"]),
+                _fmt(r["_x"], ".2f"),
+                _fmt_macs(r["macs"]),
+                *[_fmt(r[m.name], m.fmt) for m in shown],
+                *[_fmt(r[delta_column(m.name)], "+" + m.fmt) for m in deltas],
+                _fmt_text(r["run_id"]),
+            ]
+        )
+    return [*_md_table(header, rows), ""]
+
+
+def _summary_lines(finished: pd.DataFrame, extras: list[str]) -> list[str]:
+    primary = specs.metric(PRIMARY_METRIC)
+    keys = ["method", "_ratio", *extras]
+    header = [
+        "method",
+        "student_ratio",
+        *[c[len("param.") :] for c in extras],
+        "n",
+        _cost_label("params"),
+        _cost_label("macs"),
+        *[m.column_label for m in specs.METRICS],
+        f"{_delta_label(primary)} (mean)",
+    ]
+    rows = []
+    grouped = finished.assign(_ratio=finished["student_ratio"].map(ratio_key)).groupby(keys, dropna=False, sort=False)
+    order = sorted(
+        grouped.groups,
+        key=lambda k: (-k[1] if isnum(k[1]) else 0.0, k[0] != BASELINE_METHOD, str(k[0]), str(k[2:])),
+    )
+    for key in order:
+        g = grouped.get_group(key)
+        rows.append(
+            [
+                _fmt_text(key[0]),
+                _fmt_ratio(key[1]),
+                *[_fmt_text(v) for v in key[2:]],
+                str(len(g)),
+                _fmt_count(g["params"].mean()),
+                _fmt_macs(g["macs"].mean()),
+                *[_mean_std(g[m.name], m.fmt) for m in specs.METRICS],
+                _fmt(g[delta_column(primary.name)].mean(), "+" + primary.fmt),
+            ]
+        )
+    return [*_md_table(header, rows), ""]
+
+
+def _failed_lines(unfinished: pd.DataFrame) -> list[str]:
+    if unfinished.empty:
+        return ["None.", ""]
+    header = ["run_id", "run_name", "role", "method", "student_ratio", "seed", "status", "reason"]
+    rows = []
+    for _, r in unfinished.iterrows():
+        status = _fmt_text(r["status"])
+        reason = f"run status {status}" if status != FINISHED else f"finished without {TEST_PREFIX}{PRIMARY_METRIC}"
+        rows.append(
+            [
+                _fmt_text(r["run_id"]),
+                _fmt_text(r["run_name"]),
+                _fmt_text(r["role"]),
+                _fmt_text(r["method"]),
+                _fmt_ratio(r["student_ratio"]),
+                _fmt_text(r["seed"]),
+                status,
+                reason,
+            ]
+        )
+    return [*_md_table(header, rows), ""]
+
+
+# ----------------------------------------------------------------------------------------------
+# document
+
+
+def report_lines(
+    title: str,
+    prov: dict[str, Any],
+    rows: ReportRows,
+    fronts: Sequence[MetricSpec],
+    plots: Sequence[tuple[MetricSpec, str]],
+) -> list[str]:
+    """The lines of ``report.md``.
+
+    Args:
+        title: level-1 heading.
+        prov: provenance key -> value (known keys first, with labels; the rest sorted).
+        rows: the runs, split by :func:`kdlib.report.front.select_rows`.
+        fronts: metrics that get a table of non-dominated trials, in order (primary first).
+        plots: (metric, file name relative to ``report.md``) of each plot written, in order.
+    """
+    finished = rows.finished
+    lines = [f"# {title}", "", "## Provenance", ""]
+    lines += _provenance_lines(prov)
+    lines += [
+        f"Trials: {len(rows.trials)} ({len(finished)} finished with test metrics, "
+        f"{len(rows.trials) - len(finished)} failed or unfinished). Metrics are each run's final "
+        f"`{TEST_PREFIX}*` values; {_units_sentence()}, params is a parameter count, "
+        "MACs are multiply-accumulates per second of audio (shown in millions, M/s).",
+        "",
+        "## Reference points",
+        "",
+    ]
+    lines += _reference_lines(rows.teacher)
+    if finished.empty:
+        lines += ["## Results", "", "No finished trials: nothing to plot or rank yet.", ""]
+    else:
+        for spec in fronts:
+            lines += [f"## Non-dominated trials: {spec.label} ↑ vs params ↓", ""]
+            if spec.name == PRIMARY_METRIC:  # the deltas are explained once, above the first table
+                lines += [
+                    f"Δ{spec.label} is against the mean `{BASELINE_METHOD}` student (trained alone) of the same "
+                    f"student_ratio; {_DASH} when that ratio has no finished `{BASELINE_METHOD}` student.",
+                    "",
+                ]
+            lines += _front_lines(finished, spec, rows.extras)
+        lines += ["## Per method and student size (mean ± std across seeds)", ""]
+        lines += _summary_lines(finished, rows.extras)
+    lines += ["## Failed or unfinished runs", ""]
+    lines += _failed_lines(rows.unfinished)
+    if plots:
+        lines += ["## Plots", ""]
+        for spec, name in plots:
+            lines += [f"![{spec.label} vs student params (% of teacher)]({name})", ""]
+    return lines

@@ -1,0 +1,242 @@
+"""What ``kdlib sweep run`` and ``kdlib sweep resume`` share: connecting to Ray, the trainable with its
+resources, the progress callback, the sweep record in the Ray experiment directory, and closing a sweep
+(parent run status + report). Neither entry point imports the other.
+
+The sweep record ``<output>/ray/<name>-<parent[:8]>/kdlib_sweep.json`` (written before the first
+trial) holds the validated config (already smoke-transformed), the smoke and report flags, the MLflow
+tracking URI, experiment id and parent run id, the PESQ mode, the teacher checkpoints and the data root
+the driver resolved; ``kdlib sweep resume`` rebuilds the plan from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from kdlib.errors import ConfigError, KdlibError
+from kdlib.sweep.plan import SweepPlan, resolve_output
+
+RECORD = "kdlib_sweep.json"
+FORMAT = 1
+
+
+@dataclass
+class SweepOutcome:
+    """What a finished sweep produced."""
+
+    experiment: str
+    parent_run_id: str
+    tracking_uri: str
+    trials: int
+    errored: int
+    report: dict[str, Path]
+    seconds: float
+    #: trials left neither finished nor errored by an interrupted driver (SIGINT): resume them
+    unfinished: int = 0
+    #: the Ray Tune experiment directory (``kdlib sweep resume`` takes it)
+    experiment_dir: Path | None = None
+    smoke: bool = False
+
+
+class ProgressCallback(Callback):
+    """One line per finished trial with the sweep's ETA (Ray's own table shows per-trial status).
+    Counts from Tune's trial list, so a resumed sweep counts the trials finished before too."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.start, self.done_here = total, time.perf_counter(), 0
+
+    def setup(self, **info) -> None:
+        # a resumed sweep unpickles this callback from the experiment: restart the clock
+        self.start, self.done_here = time.perf_counter(), 0
+
+    def _tick(self, trials, trial, status: str) -> None:
+        self.done_here += 1
+        done = 1 + sum(1 for t in trials if t is not trial and t.status in ("TERMINATED", "ERROR"))
+        total = max(self.total, len(trials))
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / self.done_here * max(0, total - done)
+        print(f"[sweep] trial {trial} {status} ({done}/{total} done, "
+              f"{elapsed / 60:.1f} min elapsed, eta {eta / 60:.1f} min)", flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._tick(trials, trial, "finished")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._tick(trials, trial, "ERRORED")
+
+
+def trial_name(trial) -> str:
+    """``<method>[-teacher][-student][-variant][-schedule]-r<ratio>-s<seed>-<trial id>``."""
+    c = trial.config
+    tags = "".join(f"-{c[k]}" for k in ("teacher", "student", "variant", "schedule") if c.get(k))
+    return f"{c.get('method')}{tags}-r{c.get('student_ratio')}-s{c.get('seed')}-{trial.trial_id}"
+
+
+def init_ray(plan: SweepPlan, address: str | None = None) -> bool:
+    """Connect to ``address`` (e.g. ``kdlib sweep resume --address``), else ``ray.address`` /
+    ``RAY_ADDRESS`` when given, else start a fresh local instance.
+
+    Returns True when this call started Ray (so the caller shuts it down again).
+    """
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = address or plan.cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return False
+    if address and address != "local":
+        ray.init(address=address)
+    else:
+        # a local instance never needs more than loopback (../shared/docs/stack.md); read at init
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray.init(address="local", num_cpus=plan.cfg.ray.num_cpus or os.cpu_count(), include_dashboard=False)
+    return True
+
+
+def check_gpu(plan: SweepPlan) -> None:
+    """Refuse a GPU fraction per trial on a Ray cluster without GPUs (Tune would wait forever).
+
+    Raises:
+        ConfigError: ``resources.gpu`` > 0 and the cluster reports no ``GPU`` resource.
+    """
+    import ray
+
+    gpu = plan.cfg.resources.gpu
+    if gpu > 0 and not ray.cluster_resources().get("GPU", 0):
+        raise ConfigError(f"resources.gpu: {gpu:g} GPU per trial asked, but the Ray cluster has no GPU")
+
+
+def build_trainable(plan: SweepPlan, teacher_paths: dict[str, str]):
+    """``kd_trial`` bound to the sweep (``tune.with_parameters``) with the YAML's per-trial resources
+    (CPUs and a GPU fraction). The same call builds the trainable for ``Tuner.restore``."""
+    from ray import tune
+
+    from kdlib.sweep.trial import kd_trial
+
+    resources: dict[str, Any] = {"cpu": plan.cfg.resources.cpu}
+    if plan.cfg.resources.gpu:
+        resources["gpu"] = plan.cfg.resources.gpu
+    return tune.with_resources(tune.with_parameters(kd_trial, plan=plan, teacher_paths=teacher_paths), resources)
+
+
+def unfinished_trials(experiment_dir: Path) -> int:
+    """Trials that Ray's saved experiment state leaves neither TERMINATED nor ERROR.
+
+    After a SIGINT, Tune saves the state and then stops the running trials, marking them TERMINATED
+    in memory only, so the returned ``ResultGrid`` cannot tell an interrupted sweep from a finished
+    one; the saved state (what ``Tuner.restore`` reads) can.
+    """
+    from ray.tune import ExperimentAnalysis
+
+    trials = ExperimentAnalysis(str(experiment_dir)).trials
+    return sum(1 for t in trials if t.status not in ("TERMINATED", "ERROR"))
+
+
+def finish_sweep(results, plan: SweepPlan, client, parent: str, tracking_uri: str, out: Path, report: bool,
+                 start: float, experiment_dir: Path) -> SweepOutcome:
+    """Close the parent run and write the report after ``fit()``; an interrupted sweep (SIGINT) gets
+    its parent run KILLED and no report, and says how to resume."""
+    errored = results.num_errors
+    unfinished = unfinished_trials(experiment_dir)
+    paths: dict[str, Path] = {}
+    if unfinished:
+        client.set_terminated(parent, "KILLED")
+        print(f"[sweep] interrupted: {unfinished} trial(s) unfinished; the state is saved, continue with: "
+              f"kdlib sweep resume {experiment_dir}", flush=True)
+    else:
+        client.set_terminated(parent, "FINISHED")
+        if report:
+            from kdlib.report import write_report
+
+            paths = write_report(tracking_uri, plan.experiment, out / "reports" / plan.name, parent_run_id=parent)
+    return SweepOutcome(plan.experiment, parent, tracking_uri, len(results), errored, paths,
+                        time.perf_counter() - start, unfinished, experiment_dir, plan.smoke)
+
+
+# ---- the sweep record ---------------------------------------------------------------------------------
+def save_sweep_record(experiment_dir: Path, plan: SweepPlan, *, report: bool, experiment_id: str,
+                      parent_run_id: str, pesq_mode: str, teacher_paths: dict[str, str], num_trials: int,
+                      data_root: str | None = None) -> Path:
+    """Write ``kdlib_sweep.json`` into the Ray experiment directory (atomically); returns its path."""
+    from kdlib.sweep.tracking import git_commit
+
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        "format": FORMAT, "name": plan.name, "experiment": plan.experiment, "config_hash": plan.config_hash,
+        "smoke": plan.smoke, "report": report, "tracking_uri": plan.tracking_uri, "experiment_id": experiment_id,
+        "parent_run_id": parent_run_id, "pesq_mode": pesq_mode, "teacher_paths": teacher_paths,
+        "num_trials": num_trials, "output": str(experiment_dir.parent.parent), "data_root": data_root,
+        "git_commit": git_commit(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": plan.cfg.model_dump(mode="json"),
+    }
+    path = experiment_dir / RECORD
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def find_experiment(target: str | os.PathLike, output: str | os.PathLike | None = None) -> Path:
+    """The Ray experiment directory of a kdlib sweep.
+
+    Args:
+        target: the directory itself, its name under ``<output>/ray``, or the sweep's name or MLflow
+            experiment (then the newest matching sweep).
+        output: the sweeps' output dir (default ``$KDLIB_OUTPUT``, else ``runs``).
+
+    Raises:
+        KdlibError: nothing matches, or the directory was not started by ``kdlib sweep run``.
+    """
+    path = Path(target).expanduser()
+    if path.is_dir():
+        if (path / RECORD).is_file():
+            return path.resolve()
+        raise KdlibError(f"'{path}' holds no {RECORD}: not a sweep started by 'kdlib sweep run'")
+    root = (Path(output).expanduser().resolve() if output else resolve_output()) / "ray"
+    if (root / str(target) / RECORD).is_file():
+        return (root / str(target)).resolve()
+    matches = []
+    for record in root.glob(f"*/{RECORD}") if root.is_dir() else []:
+        try:
+            data = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        if str(target) in (data.get("name"), data.get("experiment")):
+            matches.append((record.stat().st_mtime, record.parent))
+    if not matches:
+        known = sorted(p.parent.name for p in root.glob(f"*/{RECORD}")) if root.is_dir() else []
+        raise KdlibError(f"no sweep '{target}' to resume under {root}"
+                         + (f" (found: {', '.join(known)})" if known else " (no kdlib sweeps there)"))
+    return max(matches)[1].resolve()
+
+
+def load_sweep_record(experiment_dir: Path) -> tuple[dict[str, Any], SweepPlan]:
+    """``(record, plan)`` of a sweep's experiment dir; plugins are imported first.
+
+    Raises:
+        ConfigError: the record is unreadable or its config no longer validates.
+    """
+    from kdlib.sweep.plan import plan_from_dump
+
+    path = experiment_dir / RECORD
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: unreadable sweep record ({exc})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("config"), dict):
+        raise ConfigError(f"{path}: not a kdlib sweep record of format {FORMAT}")
+    try:
+        plan = plan_from_dump(record["config"], smoke=bool(record.get("smoke")))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if plan.config_hash != record.get("config_hash"):
+        print(f"[sweep] warning: the saved config now validates to hash {plan.config_hash}, not "
+              f"{record.get('config_hash')} (kdlib changed since the sweep started)", flush=True)
+    return record, plan
+
