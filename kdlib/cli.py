@@ -98,7 +98,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from kdlib.sweep.contract import NOISY_PREFIX
     from kdlib.train import resolve_device
 
-    model, meta = load_model(args.checkpoint, resolve_device(args.device))
+    model, meta = load_model(args.checkpoint, resolve_device(args.device, key="--device"))
     corpus = PairedCorpus(args.data, sample_rate=model.sample_rate)
     corpus = corpus.subset(args.speakers, args.max_utterances)
     mode = resolve_pesq_mode(args.pesq_mode, corpus)

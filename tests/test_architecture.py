@@ -112,7 +112,7 @@ def test_the_plan_and_the_data_sources_run_without_ray_and_mlflow():
     assert not {m for m in loaded if m.split(".")[0] in ("ray", "mlflow")}
 
 
-def test_the_report_imports_neither_ray_nor_the_trainer():
+def test_the_report_imports_neither_ray_torch_nor_the_trainer():
     loaded = _loaded_after("import kdlib.report")
     assert "kdlib.report" in loaded
-    assert not {m for m in loaded if m.split(".")[0] == "ray" or m.startswith("kdlib.train")}
+    assert not {m for m in loaded if m.split(".")[0] in ("ray", "torch") or m.startswith("kdlib.train")}

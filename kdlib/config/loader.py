@@ -80,7 +80,7 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return raw
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> SweepConfig:
+def load_config(path: str | os.PathLike, *, overrides: list[str] | None = None) -> SweepConfig:
     """Read a sweep YAML and validate it against the schema (plugins imported first, so their model
     and KD-method names exist for the plan's checks).
 

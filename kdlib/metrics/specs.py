@@ -44,8 +44,8 @@ __all__ = [
 #: score (it returns the reason instead) and must be a module-level function, as it runs in worker processes.
 ScoreFn = Callable[[np.ndarray, np.ndarray, int, str], tuple[float | None, str | None]]
 
-#: suffix of the count of utterances a metric could not score (``test_pesq_missing``); the sweep contract
-#: (``kdlib.sweep.contract.MISSING_SUFFIX``) names the same string, as the metrics layer cannot import it
+#: suffix of the count of utterances a metric could not score (``test_pesq_missing``): the one definition;
+#: the sweep contract refers here for the metric names and this suffix
 MISSING_SUFFIX = "_missing"
 
 

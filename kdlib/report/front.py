@@ -22,7 +22,7 @@ from paretoset import paretoset
 
 from kdlib.errors import KdlibError
 from kdlib.report.runs import CORE_PARAMS, metric_columns
-from kdlib.sweep.contract import ROLE_TEACHER, ROLE_TRIAL
+from kdlib.sweep.contract import ROLE_TEACHER, ROLE_TRIAL, TEACHER_METHOD
 
 BASELINE_METHOD = "none"
 """KD method name of the student trained alone (the no-KD reference)."""
@@ -110,7 +110,7 @@ def _prepare(df: pd.DataFrame) -> pd.DataFrame:
     if "status" not in df.columns:
         out["status"] = FINISHED
     if "role" not in df.columns:  # a hand-made frame: the teacher run logs the method "teacher"
-        out["role"] = np.where(out["method"] == ROLE_TEACHER, ROLE_TEACHER, ROLE_TRIAL)
+        out["role"] = np.where(out["method"] == TEACHER_METHOD, ROLE_TEACHER, ROLE_TRIAL)
     return out
 
 

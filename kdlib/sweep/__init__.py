@@ -1,1 +1,5 @@
-"""The sweep layer: Ray Tune + Optuna + MLflow glue. Imports Ray and MLflow (the library does not)."""
+"""The sweep layer: plan, trials, Ray Tune + Optuna + MLflow glue.
+
+``plan``, ``spec``, ``contract``, ``teachers`` and ``trial``'s imports need neither Ray nor MLflow (a trial
+imports Ray inside its function); ``tracking``, ``space``, ``session``, ``runner`` and ``resume`` use them.
+"""

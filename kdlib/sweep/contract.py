@@ -40,10 +40,5 @@ NOISY_PREFIX = "noisy_"
 #: complexity metrics logged on every teacher and trial run
 COMPLEXITY_METRICS = ("params", "macs", "params_pct", "kd_extra_params")
 
-#: params every trial run carries (``kd.<knob>`` params follow, one per knob)
-TRIAL_PARAMS = ("method", "student_ratio", "seed", "lr", "kd_weight", "schedule", "model", "sample_rate",
-                "pesq_mode", "config_hash", "git_commit")
-#: optional grid dimensions, logged as params only when the sweep has them
-OPTIONAL_TRIAL_PARAMS = ("variant", "student", "teacher")
-#: prefix of a KD knob's param (``kd.tau``)
-KD_PARAM_PREFIX = "kd."
+#: the ``method`` param of a teacher run (its trials carry their KD method's name)
+TEACHER_METHOD = "teacher"

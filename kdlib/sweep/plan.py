@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
 #: environment variable that overrides ``output_dir``
 OUTPUT_ENV = "KDLIB_OUTPUT"
-DEFAULT_OUTPUT = "runs"
+#: ``output_dir`` when the YAML gives none (the schema's default)
+DEFAULT_OUTPUT: str = SweepConfig.model_fields["output_dir"].default
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 
 
@@ -61,6 +62,10 @@ def teacher_hash(cfg: SweepConfig, name: str | None = None) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
+def _teacher_key(name: str | None) -> str:
+    return f"teachers.{name}" if name else "teacher"
+
+
 @dataclass(frozen=True)
 class TeacherPlan:
     """One teacher of the sweep.
@@ -84,7 +89,7 @@ class TeacherPlan:
     @property
     def where(self) -> str:
         """Its YAML key, for messages."""
-        return f"teachers.{self.name}" if self.name else "teacher"
+        return _teacher_key(self.name)
 
 
 @dataclass(frozen=True)
@@ -165,7 +170,8 @@ class SweepPlan:
 
 
 # ---- building a plan -------------------------------------------------------------------------------
-def make_plan(cfg: SweepConfig, smoke: bool = False, *, transform: bool = True, check: bool = True) -> SweepPlan:
+def make_plan(cfg: SweepConfig, smoke: bool = False, *, transform: bool = True, check: bool = True,
+              output: Path | None = None, tracking_uri: str | None = None) -> SweepPlan:
     """Resolve a schema-valid sweep into a plan.
 
     Args:
@@ -174,6 +180,9 @@ def make_plan(cfg: SweepConfig, smoke: bool = False, *, transform: bool = True, 
         transform: apply the ``smoke`` overrides when ``smoke`` (False when ``cfg`` is already
             transformed, e.g. the config saved by a sweep that ``kdlib sweep resume`` reloads).
         check: run the checks that build models and KD methods (:func:`check_sweep`).
+        output / tracking_uri: where a sweep that is already running keeps its outputs and runs
+            (``kdlib sweep resume`` passes those of its record); None resolves them from the
+            environment (:func:`resolve_output`, :func:`resolve_tracking_uri`).
 
     Raises:
         ConfigError: one line naming the key.
@@ -182,7 +191,7 @@ def make_plan(cfg: SweepConfig, smoke: bool = False, *, transform: bool = True, 
         check_sweep(cfg)
     if smoke and transform:
         cfg = smoke_config(cfg)
-    output = resolve_output(cfg.output_dir)
+    output = output or resolve_output(cfg.output_dir)
     teachers = {}
     for name in cfg.teacher_names():
         teacher = cfg.teacher_cfg(name)
@@ -191,8 +200,8 @@ def make_plan(cfg: SweepConfig, smoke: bool = False, *, transform: bool = True, 
         path = (Path(teacher.checkpoint).expanduser().resolve() if teacher.checkpoint
                 else output / "teachers" / f"{teacher.model.name}-{digest}.pt")
         teachers[name] = TeacherPlan(name, teacher, digest, path)
-    return SweepPlan(cfg, smoke, output, resolve_tracking_uri(cfg.mlflow.tracking_uri, output), config_hash(cfg),
-                     teachers)
+    tracking_uri = tracking_uri or resolve_tracking_uri(cfg.mlflow.tracking_uri, output)
+    return SweepPlan(cfg, smoke, output, tracking_uri, config_hash(cfg), teachers)
 
 
 def load_plan(path: str | os.PathLike, smoke: bool = False, overrides: list[str] | None = None) -> SweepPlan:
@@ -202,16 +211,18 @@ def load_plan(path: str | os.PathLike, smoke: bool = False, overrides: list[str]
         ConfigError: missing file, malformed YAML, a YAML tag, or any invalid key or value: one line
             starting with the file name.
     """
-    cfg = load_config(path, overrides)
+    cfg = load_config(path, overrides=overrides)
     try:
         return make_plan(cfg, smoke)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def plan_from_dump(dump: dict[str, Any], smoke: bool) -> SweepPlan:
+def plan_from_dump(dump: dict[str, Any], smoke: bool, output: Path | None = None,
+                   tracking_uri: str | None = None) -> SweepPlan:
     """The plan of a config dumped by a running sweep (``kdlib sweep resume``): plugins imported,
-    schema and checks run again, no second smoke transform.
+    schema and checks run again, no second smoke transform; ``output`` and ``tracking_uri`` are the
+    sweep's own (from its record), whatever the resuming shell's environment says.
 
     Raises:
         ConfigError: the dump no longer validates.
@@ -219,7 +230,7 @@ def plan_from_dump(dump: dict[str, Any], smoke: bool) -> SweepPlan:
     from kdlib.validation import validate
 
     import_plugins(dump.get("plugins") or [])
-    return make_plan(validate(SweepConfig, dump), smoke, transform=False)
+    return make_plan(validate(SweepConfig, dump), smoke, transform=False, output=output, tracking_uri=tracking_uri)
 
 
 # ---- the smoke transform ---------------------------------------------------------------------------
@@ -283,8 +294,8 @@ def _check_model(name_key: str, kwargs_key: str, family: str, kwargs: dict[str, 
         raise ConfigError(f"{name_key}: unknown model '{family}' (registered: {', '.join(MODELS.names())})")
     try:
         with torch.device("meta"):
-            MODELS.build(family, kwargs)
-    except KdlibError as exc:
+            MODELS.get(family)(**kwargs)  # a probe on the meta device, so its TypeError reads as before
+    except (TypeError, KdlibError) as exc:
         raise ConfigError(f"{kwargs_key}: {exc}") from None
 
 
@@ -292,7 +303,7 @@ def _check_registered(cfg: SweepConfig) -> None:
     from kdlib.kd import KD_METHODS, validate_kd_kwargs
 
     for name in cfg.teacher_names():
-        where = f"teachers.{name}" if name else "teacher"
+        where = _teacher_key(name)
         node = cfg.teacher_cfg(name).model
         _check_model(f"{where}.model.name", f"{where}.model.kwargs", node.name, node.kwargs)
     for key in cfg.students:
@@ -354,7 +365,7 @@ def _check_batches(cfg: SweepConfig) -> None:
     """Every batch size (students and teachers) fits in one epoch's segments."""
     segments = cfg.data.train.segments_per_epoch
     for where, batch in [("training.batch_size", cfg.training.batch_size),
-                         *((f"teachers.{n}.batch_size" if n else "teacher.batch_size",
+                         *((f"{_teacher_key(n)}.batch_size",
                             cfg.teacher_cfg(n).batch_size) for n in cfg.teacher_names())]:
         if batch > segments:
             raise ConfigError(f"{where}: {batch} is more than data.train.segments_per_epoch ({segments}): "
@@ -377,7 +388,7 @@ def _check_data(cfg: SweepConfig) -> None:
         with torch.device("meta"):
             takes = getattr(MODELS.build(node.name, node.kwargs), "n_channels", 1)
         if takes != channels:
-            where = f"teachers.{name}" if name else "teacher"
+            where = _teacher_key(name)
             given = getattr(source, "channels_key", None)
             given = f"{given} is {channels}" if given else f"the {source.name} data has {channels}"
             raise ConfigError(f"{where}.model: '{node.name}' takes {takes} input channel(s) but {given}: "

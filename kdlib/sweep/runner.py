@@ -67,7 +67,7 @@ def run_sweep(plan: SweepPlan, report: bool = True, callbacks: list[Callback] | 
         parent = start_parent_run(client, plan, exp_id, pesq_mode)
         for name, (path, meta) in teachers.items():
             log_teacher_run(client, plan, exp_id, parent, meta, path, name)
-        teacher_paths = {name or "": str(path) for name, (path, _) in teachers.items()}
+        teacher_paths = {plan.teacher(name).key: str(path) for name, (path, _) in teachers.items()}
         print(f"[sweep] MLflow experiment '{plan.experiment}', parent run {parent} at {plan.tracking_uri}",
               flush=True)
 

@@ -232,7 +232,8 @@ def load_sweep_record(experiment_dir: Path) -> tuple[dict[str, Any], SweepPlan]:
     if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("config"), dict):
         raise ConfigError(f"{path}: not a kdlib sweep record of format {FORMAT}")
     try:
-        plan = plan_from_dump(record["config"], smoke=bool(record.get("smoke")))
+        plan = plan_from_dump(record["config"], smoke=bool(record.get("smoke")), output=experiment_dir.parent.parent,
+                              tracking_uri=record.get("tracking_uri"))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     if plan.config_hash != record.get("config_hash"):

@@ -64,7 +64,7 @@ def train_teacher(plan: SweepPlan, path: str | Path | None = None, data: SweepDa
     noisy = evaluate_noisy(data.test, mode, num_workers=workers).as_flat_dict(contract.NOISY_PREFIX)
     meta = {
         "role": contract.ROLE_TEACHER, "teacher_hash": teacher_plan.hash, "sweep": plan.name, "pesq_mode": mode,
-        "teacher_name": name or "", "model": teacher.model.name,
+        "teacher_name": teacher_plan.key, "model": teacher.model.name,
         "sample_rate": plan.cfg.data.sample_rate, "epochs": teacher.epochs,
         "train_seconds": time.perf_counter() - start,
         "audio_seconds_per_second": sum(h["audio_seconds_per_second"] for h in history) / len(history),

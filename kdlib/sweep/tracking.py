@@ -18,11 +18,11 @@ from typing import Any
 
 from ray.tune.logger import LoggerCallback
 
+from kdlib.config import KD_KNOB_PREFIX
 from kdlib.errors import KdlibError
 from kdlib.sweep.contract import (
     CHECKPOINT,
     EPOCH_METRIC,
-    KD_PARAM_PREFIX,
     PARENT,
     ROLE,
     ROLE_SWEEP,
@@ -30,6 +30,7 @@ from kdlib.sweep.contract import (
     ROLE_TRIAL,
     SMOKE_TEST,
     STUDENT_FILE,
+    TEACHER_METHOD,
     TRIAL_ID,
 )
 from kdlib.sweep.plan import SweepPlan
@@ -135,7 +136,7 @@ def log_teacher_run(client, plan: SweepPlan, exp_id: str, parent_id: str, meta: 
     metrics = {k: v for k, v in meta.items() if isinstance(v, int | float) and k != "epochs"}
     metrics["params_pct"] = 100.0
     _log_dict(client, run.info.run_id, params={
-        "method": "teacher", "student_ratio": 1.0, "model": cfg.teacher_cfg(name).model.name,
+        "method": TEACHER_METHOD, "student_ratio": 1.0, "model": cfg.teacher_cfg(name).model.name,
         **({"teacher": name} if name else {}),
         "sample_rate": meta.get("sample_rate"), "pesq_mode": meta.get("pesq_mode"),
         "config_hash": plan.config_hash, "teacher_hash": meta.get("teacher_hash"), "epochs": meta.get("epochs"),
@@ -167,6 +168,14 @@ class MLflowTrialLogger(LoggerCallback):
         self._last_step: dict[str, int] = {}
         self._client = None
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a sweep started before the plan existed pickled this logger (tuner.pkl) with its bare config
+        if "plan" not in state and "cfg" in state:
+            from kdlib.sweep.plan import make_plan
+
+            state["plan"] = make_plan(state.pop("cfg"), check=False, transform=False)
+        self.__dict__.update(state)
+
     @property
     def client(self):
         if self._client is None:
@@ -195,7 +204,7 @@ class MLflowTrialLogger(LoggerCallback):
             _log_dict(self.client, run_id, params={
                 "method": spec.method, "student_ratio": spec.student_ratio, "seed": spec.seed, "lr": spec.lr,
                 "kd_weight": spec.kd_weight, "schedule": spec.schedule,
-                **{f"{KD_PARAM_PREFIX}{k}": v for k, v in spec.kd.items()},
+                **{f"{KD_KNOB_PREFIX}{k}": v for k, v in spec.kd.items()},
                 **({"variant": spec.variant} if spec.variant else {}),
                 **({"student": spec.student} if spec.student else {}),
                 **({"teacher": spec.teacher} if spec.teacher else {}),
