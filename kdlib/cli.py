@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from kdlib.errors import ConfigError, KdlibError
 
@@ -172,8 +174,51 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 # ---- parser -------------------------------------------------------------------------------------
+class UsageError(KdlibError):
+    """A bad command line (unknown option, a value out of range): ``kdlib: error: ...``, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports a bad command line as :class:`UsageError` (one line from :func:`main`), not usage + exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _number(kind: type, low: float | None = None, high: float | None = None, *, low_open: bool = False):
+    """An argparse ``type``: ``kind`` (int or float), finite, in ``[low, high]`` (``(low, high]`` with
+    ``low_open``)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got '{text[:40]}'") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got '{text[:40]}'")
+        if low is not None and (value <= low if low_open else value < low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low:g}, got {text[:40]}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high:g}, got {text[:40]}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse
+
+
+def _device(text: str) -> str:
+    import re
+
+    from kdlib.config.schema import DEVICE_PATTERN
+
+    if not re.match(DEVICE_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got '{text[:40]}'")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kdlib", description="Knowledge-distillation sweeps for speech enhancement.")
+    p = _Parser(prog="kdlib", description="Knowledge-distillation sweeps for speech enhancement.")
     sub = p.add_subparsers(dest="command", required=True)
 
     sweep = sub.add_parser("sweep", help="run, validate or resume a sweep")
@@ -222,10 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--pesq-mode", choices=["auto", "wb", "nb"], default="auto",
                     help="auto: nb for narrowband (NOIZEUS) material, else wb")
     ev.add_argument("--speakers", nargs="*", help="only these speakers")
-    ev.add_argument("--max-utterances", type=int)
-    ev.add_argument("--workers", type=int, default=1, help="processes for PESQ/STOI")
+    ev.add_argument("--max-utterances", type=_number(int, 1))
+    ev.add_argument("--workers", type=_number(int, 1), default=1, help="processes for PESQ/STOI")
     ev.add_argument("--noisy", action="store_true", help="also score the unprocessed noisy input")
-    ev.add_argument("--device", default="auto")
+    ev.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda | cuda:N | mps")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=cmd_eval)
 
@@ -237,10 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     prof = sub.add_parser("profile", help="params, MACs per second of audio and real-time factor of a model")
     prof.add_argument("model", help="checkpoint (.pt), model YAML {name, kwargs} or sweep YAML (its teacher)")
-    prof.add_argument("--ratios", type=float, nargs="*", default=[1.0],
+    prof.add_argument("--ratios", type=_number(float, 0, low_open=True), nargs="*", default=[1.0],
                       help="also profile students at these fractions of the params (YAML input)")
-    prof.add_argument("--seconds", type=float, default=4.0, help="utterance length for the RTF (s)")
-    prof.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported")
+    prof.add_argument("--seconds", type=_number(float, 0, low_open=True), default=4.0,
+                      help="utterance length for the RTF (s)")
+    prof.add_argument("--repeats", type=_number(int, 1), default=5, help="timed runs; the median is reported")
     prof.add_argument("--json", action="store_true")
     prof.set_defaults(func=cmd_profile)
 
@@ -250,8 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except KdlibError as exc:
         print(f"kdlib: error: {exc}", file=sys.stderr)

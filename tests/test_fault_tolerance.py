@@ -246,16 +246,30 @@ def _driver_env(cluster, output: Path) -> dict[str, str]:
     return env
 
 
-def _wait_mid_sweep(proc, client: MlflowClient, experiment: str, timeout: float) -> None:
+def _saved_mid_trial(output: Path, experiment: str) -> bool:
+    """Ray's saved state (what a resume reads) holds an unfinished trial with an epoch checkpoint."""
+    for experiment_dir in (output / "ray").glob(f"{experiment}-*"):
+        try:
+            trials = _ray_trials(experiment_dir)
+        except (ValueError, OSError):  # no snapshot yet, or one being written
+            continue
+        if any(t["status"] != "TERMINATED" and "dir" in t and _saved_epoch(t["dir"]) > 0 for t in trials.values()):
+            return True
+    return False
+
+
+def _wait_mid_sweep(proc, client: MlflowClient, experiment: str, timeout: float, output: Path) -> None:
     """Until one trial has finished and another, still running, has reported (and so checkpointed)
-    at least one epoch."""
+    at least one epoch, in MLflow and in Ray's saved experiment state (the driver logs a result to
+    MLflow before Ray snapshots it, so MLflow alone can run ahead of what a resume finds)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"the driver exited early with code {proc.returncode}"
         if client.get_experiment_by_name(experiment) is not None:
             runs = _child_runs(client, experiment)
             if any(r.info.status == "FINISHED" for r in runs) and any(
-                    r.info.status == "RUNNING" and "val_si_sdr" in r.data.metrics for r in runs):
+                    r.info.status == "RUNNING" and "val_si_sdr" in r.data.metrics for r in runs
+            ) and _saved_mid_trial(output, experiment):
                 return
         time.sleep(0.3)
     raise AssertionError(f"no finished trial next to a running one with a checkpoint within {timeout} s")
@@ -287,7 +301,7 @@ def test_interrupted_driver_resumes_without_rerun_or_duplicates(cluster, output,
     proc = subprocess.Popen([sys.executable, "-m", "kdlib.cli", "sweep", "run", str(path), "--smoke-test"],
                             cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_mid_sweep(proc, client, experiment, timeout=240)
+        _wait_mid_sweep(proc, client, experiment, timeout=240, output=output)
         proc.send_signal(sig)
         code = proc.wait(timeout=120)
     finally:

@@ -7,12 +7,25 @@ model. Checks that build models, KD methods or read data are the plan's (:mod:`k
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import functools
+import math
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from kdlib.config.base import Strict as _Strict
 from kdlib.config.data import DataConfig
+from kdlib.validation import short_reprlib
 
 
 class ModelNode(_Strict):
@@ -40,6 +53,10 @@ class TeacherConfig(_Strict):
     threads: int = Field(2, ge=1)
 
 
+#: what ``training.device`` (and ``kdlib eval --device``) accept
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
+
+
 class TrainingConfig(_Strict):
     epochs: int = Field(4, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -50,9 +67,18 @@ class TrainingConfig(_Strict):
     #: (Nathoo et al., arXiv 2309.08144). Searchable as ``search.grid.schedule``.
     schedule: Literal["joint", "two_step"] = "joint"
     kd_only_epochs: int = Field(1, ge=0)
+    #: auto | cpu | cuda | cuda:N | mps
     device: str = "auto"
     #: same-size tolerance of the size builder (±, relative)
     size_tolerance: float = Field(0.10, gt=0, lt=1)
+
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(DEVICE_PATTERN, v):
+            raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
+        return v
 
 
 class Distribution(_Strict):
@@ -78,6 +104,29 @@ class Distribution(_Strict):
         return self
 
 
+_DEFAULT_MAX_TRIALS = 10_000
+#: most (grid cell, exclusion key set) pairs :meth:`SearchConfig.cells` compares
+_MAX_EXCLUDE_CHECKS = 10_000_000
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable stand-in of a YAML value that is equal exactly when the values are equal (lists →
+    tuples, mappings → frozensets; a NaN never equals anything, so it gets an object of its own)."""
+    if isinstance(value, float) and value != value:
+        return object()
+    if isinstance(value, list | tuple):
+        return ("[]", tuple(_frozen(v) for v in value))
+    if isinstance(value, dict):
+        return ("{}", frozenset((_frozen(k), _frozen(v)) for k, v in value.items()))
+    if isinstance(value, set):
+        return ("set", frozenset(_frozen(v) for v in value))
+    try:
+        hash(value)
+    except TypeError:
+        return ("id", id(value))
+    return value
+
+
 class SearchConfig(_Strict):
     """Grid over method × student_ratio × seed (× ``kd.<knob>`` lists); Optuna samples the
     continuous knobs (``lr``, ``kd_weight``, ``kd.<knob>``) inside every grid cell."""
@@ -94,6 +143,8 @@ class SearchConfig(_Strict):
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
     optuna: dict[str, Distribution] = Field(default_factory=dict)
     repeats: int = Field(1, ge=1)
+    #: most trials a sweep may have (grid cells × repeats, before exclusions); raise it for a bigger sweep
+    max_trials: int = Field(_DEFAULT_MAX_TRIALS, ge=1)
     #: grid cells to leave out, e.g. ``[{method: subband_kd, student: fullband}]`` (all keys must match)
     exclude: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -108,14 +159,65 @@ class SearchConfig(_Strict):
             dims["teacher"] = list(self.teacher)
         return dims
 
-    def points(self) -> list[dict[str, Any]]:
-        """Every grid cell not excluded, ``repeats`` times, in a deterministic (method-major) order."""
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out = handler(self)
+        # the default limit dumps (and hashes: config hash) as before the key existed
+        if isinstance(out, dict) and out.get("max_trials") == _DEFAULT_MAX_TRIALS:
+            del out["max_trials"]
+        return out
+
+    def trial_bound(self) -> int:
+        """Grid cells × ``repeats``, before exclusions: an upper bound of the trial count, computed
+        without building a point."""
+        return math.prod(len(v) for v in self.dims().values()) * self.repeats
+
+    def check_size(self) -> None:
+        """Refuse a sweep of more than ``max_trials`` trials (arithmetically, before any point is built).
+
+        Raises:
+            ValueError: one line naming ``search.max_trials``.
+        """
+        bound = self.trial_bound()
+        if bound > self.max_trials:
+            dims = " × ".join(f"{k} {len(v)}" for k, v in self.dims().items())
+            raise ValueError(f"search.max_trials: the sweep has up to {_count(bound)} trials "
+                             f"({dims} × repeats {_count(self.repeats)}), "
+                             f"more than search.max_trials ({self.max_trials}): shrink the search or raise "
+                             "search.max_trials")
+
+    def cells(self) -> list[dict[str, Any]]:
+        """Every grid cell not excluded, once, in a deterministic (method-major) order.
+
+        A cell is excluded when it matches every key of an ``exclude`` rule. Rules are grouped by their
+        keys and looked up by value, so the cost is cells × distinct key sets, not cells × rules.
+
+        Raises:
+            ValueError: more than ``max_trials`` trials, or too many exclusion key sets to check.
+        """
         import itertools
 
+        self.check_size()
         dims = self.dims()
+        groups: dict[tuple[str, ...], set[Any]] = {}
+        for ex in self.exclude:
+            keys = tuple(sorted(ex))
+            groups.setdefault(keys, set()).add(tuple(_frozen(ex[k]) for k in keys))
+        n_cells = math.prod(len(v) for v in dims.values())
+        if n_cells * len(groups) > _MAX_EXCLUDE_CHECKS:
+            raise ValueError(f"search.exclude: {len(groups)} different key sets × {n_cells} grid cells are too many "
+                             f"to check (at most {_MAX_EXCLUDE_CHECKS}): use fewer key combinations")
         cells = [dict(zip(dims, values, strict=True)) for values in itertools.product(*dims.values())]
-        cells = [c for c in cells if not any(all(c.get(k) == v for k, v in ex.items()) for ex in self.exclude)]
-        return [dict(c) for c in cells for _ in range(self.repeats)]
+        return [c for c in cells
+                if not any(tuple(_frozen(c.get(k)) for k in keys) in rules for keys, rules in groups.items())]
+
+    def points(self) -> list[dict[str, Any]]:
+        """Every grid cell not excluded, ``repeats`` times, in a deterministic (method-major) order.
+
+        Raises:
+            ValueError: more than ``max_trials`` trials (see :meth:`check_size`).
+        """
+        return [dict(c) for c in self.cells() for _ in range(self.repeats)]
 
     @field_validator("student_ratio")
     @classmethod
@@ -256,9 +358,53 @@ class SweepConfig(_Strict):
             if key not in SEARCHABLE and not key.startswith(KD_KNOB_PREFIX):
                 where = "search.grid" if key in self.search.grid else "search.optuna"
                 raise ValueError(f"{where}.{key}: only lr, kd_weight, schedule and kd.<knob> can be searched")
-        if not self.search.points():
+        _check_searched_floats(self.search)
+        self.search.check_size()
+        if not self.search.cells():
             raise ValueError("search.exclude: every grid cell is excluded")
         return self
+
+
+def _check_searched_floats(search: SearchConfig) -> None:
+    """Searched ``lr`` / ``kd_weight`` values (grid lists, Optuna choices and range ends) pass the
+    constraints of ``training.lr`` / ``training.kd_weight`` (finite, > 0 / >= 0)."""
+    for key in ("lr", "kd_weight"):
+        where, values = None, []
+        if key in search.grid:
+            where, values = f"search.grid.{key}", search.grid[key]
+        elif key in search.optuna:
+            d = search.optuna[key]
+            where = f"search.optuna.{key}"
+            values = d.choice if d.choice is not None else list(d.uniform or d.loguniform or d.int or ())
+        if where is None:
+            continue
+        adapter = _training_value(key)
+        for value in values:
+            try:
+                adapter.validate_python(value)
+            except ValidationError as exc:
+                err = exc.errors(include_url=False)[0]
+                raise ValueError(f"{where}: {err['msg']} (got {_short(value)})") from None
+
+
+@functools.cache
+def _training_value(key: str) -> TypeAdapter:
+    """A validator of one value with the type and constraints of ``TrainingConfig.<key>`` (finite)."""
+    field = TrainingConfig.model_fields[key]
+    return TypeAdapter(Annotated[field.annotation, *field.metadata],
+                       config=ConfigDict(allow_inf_nan=False))
+
+
+def _count(n: int) -> str:
+    """``n``, or its order of magnitude when it is too long to print (``str`` refuses 4300+ digits)."""
+    if n.bit_length() > 13_000:
+        return f"~10^{int(n.bit_length() * math.log10(2))}"
+    text = str(n)
+    return text if len(text) <= 20 else f"~10^{len(text) - 1}"
+
+
+def _short(value: Any) -> str:
+    return short_reprlib(40).repr(value)
 
 
 #: searchable keys besides ``kd.<knob>``
