@@ -18,9 +18,13 @@ SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 BASE = yaml.safe_load((SWEEPS / "quickstart.yaml").read_text())
 
 
-def _write(tmp_path: Path, data) -> Path:
-    path = tmp_path / "sweep.yaml"
-    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+def _write(tmp_path: Path, data, name: str = "sweep.yaml") -> Path:
+    """``data`` (a mapping, YAML text or raw bytes) as ``tmp_path/name``."""
+    path = tmp_path / name
+    if isinstance(data, bytes):
+        path.write_bytes(data)
+    else:
+        path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
     return path
 
 

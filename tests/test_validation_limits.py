@@ -9,36 +9,16 @@ import itertools
 from pathlib import Path
 
 import pytest
-import yaml
 
 from kdlib.cli import main
 from kdlib.config.loader import MAX_BYTES, MAX_DEPTH, MAX_NODES
 from kdlib.config.schema import SearchConfig
 from kdlib.errors import ConfigError
 from kdlib.sweep.plan import load_plan
+from tests.test_config import _with, _write
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 TEXT = (SWEEPS / "quickstart.yaml").read_text()
-BASE = yaml.safe_load(TEXT)
-
-
-def _write(tmp_path: Path, data, name: str = "sweep.yaml") -> Path:
-    path = tmp_path / name
-    if isinstance(data, bytes):
-        path.write_bytes(data)
-    else:
-        path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
-    return path
-
-
-def _with(path_keys: str, value):
-    data = yaml.safe_load(yaml.safe_dump(BASE))
-    node = data
-    *parents, last = path_keys.split(".")
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[last] = value
-    return data
 
 
 @pytest.fixture

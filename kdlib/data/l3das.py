@@ -39,6 +39,7 @@ from torch.utils.data import Dataset
 
 from kdlib.data.audio import audio_info, read_audio
 from kdlib.data.mixing import _MAX_TRIES, _SILENT_REL_DB, EpochDataset
+from kdlib.data.paired import select_utterances
 from kdlib.errors import DataError
 
 #: Ambisonics channels per L3DAS microphone (first order: W, Y, Z, X in AmbiX order).
@@ -169,24 +170,8 @@ class L3DAS23Corpus(Dataset):
             DataError: a requested speaker is not in the split, or nothing is left.
             ValueError: ``max_utterances`` < 1.
         """
-        keep = list(range(len(self.ids)))
-        if speakers is not None:
-            if isinstance(speakers, str):
-                speakers = [speakers]
-            known = set(self.speakers())
-            unknown = [s for s in speakers if s not in known]
-            if unknown:
-                raise DataError(f"L3DAS23 split '{self.path}' has no speaker(s) {unknown}: choose from {sorted(known)}")
-            wanted = set(speakers)
-            keep = [j for j in keep if self.speaker(j) in wanted]
-        if max_utterances is not None:
-            if max_utterances < 1:
-                raise ValueError(f"max_utterances must be >= 1, got {max_utterances}")
-            if max_utterances < len(keep):
-                idx = np.round(np.linspace(0, len(keep) - 1, max_utterances)).astype(int)
-                keep = [keep[j] for j in idx]
-        if not keep:
-            raise DataError(f"subset of L3DAS23 split '{self.path}' is empty: choose other speakers")
+        labels = [self.speaker(j) for j in range(len(self.ids))]
+        keep = select_utterances(labels, speakers, max_utterances, f"L3DAS23 split '{self.path}'")
         out = copy.copy(self)
         out.ids = [self.ids[j] for j in keep]
         out.files = [self.files[j] for j in keep]

@@ -284,27 +284,8 @@ class PairedCorpus:
             DataError: a requested speaker is not in the corpus, or nothing is left.
             ValueError: ``max_utterances`` < 1.
         """
-        pairs = list(self.pairs)
-        if speakers is not None:
-            if isinstance(speakers, str):
-                speakers = [speakers]
-            known = set(self.speakers())
-            unknown = [s for s in speakers if s not in known]
-            if unknown:
-                raise DataError(
-                    f"corpus '{self.path}' has no speaker(s) {unknown}: choose from {sorted(known)}"
-                )
-            wanted = set(speakers)
-            pairs = [p for p in pairs if p.speaker in wanted]
-        if max_utterances is not None:
-            if max_utterances < 1:
-                raise ValueError(f"max_utterances must be >= 1, got {max_utterances}")
-            if max_utterances < len(pairs):
-                # spacing >= 1 so the rounded indices are distinct
-                idx = np.round(np.linspace(0, len(pairs) - 1, max_utterances)).astype(int)
-                pairs = [pairs[j] for j in idx]
-        if not pairs:
-            raise DataError(f"subset of corpus '{self.path}' is empty: choose other speakers")
+        keep = select_utterances([p.speaker for p in self.pairs], speakers, max_utterances, f"corpus '{self.path}'")
+        pairs = [self.pairs[j] for j in keep]
         return PairedCorpus._from_pairs(self, pairs)
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -327,3 +308,35 @@ class PairedCorpus:
                 f"has {clean.shape[0]}: the files of a pair must be of equal length"
             )
         return noisy, clean
+
+
+def select_utterances(labels: Sequence[str], speakers: Sequence[str] | str | None, max_utterances: int | None,
+                      what: str) -> list[int]:
+    """Indices (order kept) of the utterances of ``speakers`` (labels per utterance in ``labels``), cut to
+    at most ``max_utterances`` with an even, deterministic spread: ``round(linspace(0, n-1, N))``, so the
+    first and last are always kept. ``what`` names the set in messages (e.g. ``corpus '<path>'``).
+
+    Raises:
+        DataError: a requested speaker is not among ``labels``, or nothing is left.
+        ValueError: ``max_utterances`` < 1.
+    """
+    keep = list(range(len(labels)))
+    if speakers is not None:
+        if isinstance(speakers, str):
+            speakers = [speakers]
+        known = set(labels)
+        unknown = [s for s in speakers if s not in known]
+        if unknown:
+            raise DataError(f"{what} has no speaker(s) {unknown}: choose from {sorted(known)}")
+        wanted = set(speakers)
+        keep = [j for j in keep if labels[j] in wanted]
+    if max_utterances is not None:
+        if max_utterances < 1:
+            raise ValueError(f"max_utterances must be >= 1, got {max_utterances}")
+        if max_utterances < len(keep):
+            # spacing >= 1 so the rounded indices are distinct
+            idx = np.round(np.linspace(0, len(keep) - 1, max_utterances)).astype(int)
+            keep = [keep[j] for j in idx]
+    if not keep:
+        raise DataError(f"subset of {what} is empty: choose other speakers")
+    return keep

@@ -84,7 +84,7 @@ def resume_sweep(target: str | os.PathLike, restart_errored: bool = False, repor
     for path in teacher_paths.values():
         if not Path(path).is_file():
             raise CheckpointError(f"teacher checkpoint '{path}' of this sweep is gone; cannot resume")
-    tracking_uri = record["tracking_uri"]
+    tracking_uri = plan.tracking_uri  # the record's, see load_sweep_record
     client = client_for(tracking_uri)
     parent = record["parent_run_id"]
     try:
@@ -92,7 +92,6 @@ def resume_sweep(target: str | os.PathLike, restart_errored: bool = False, repor
     except Exception:  # noqa: BLE001 - MLflow raises its own exception types
         raise KdlibError(f"MLflow parent run {parent} of this sweep is not in {tracking_uri}") from None
     report = bool(record.get("report", True)) if report is None else report
-    out = experiment_dir.parent.parent
     # the trials read the data where the driver finds it now, else where the sweep found it
     trial_plan = plan.pinned(record.get("data_root"))
 
@@ -114,7 +113,7 @@ def resume_sweep(target: str | os.PathLike, restart_errored: bool = False, repor
             ray.shutdown()
     if restart_errored:
         retire_replaced_runs(client, record["experiment_id"], parent, experiment_dir)
-    return finish_sweep(results, plan, client, parent, tracking_uri, out, report, start, experiment_dir)
+    return finish_sweep(results, plan, client, parent, report, start, experiment_dir)
 
 
 def retire_replaced_runs(client, experiment_id: str, parent: str, experiment_dir: Path) -> int:

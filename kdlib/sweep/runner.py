@@ -108,4 +108,4 @@ def run_sweep(plan: SweepPlan, report: bool = True, callbacks: list[Callback] | 
             import ray
 
             ray.shutdown()
-    return finish_sweep(results, plan, client, parent, plan.tracking_uri, out, report, start, experiment_dir)
+    return finish_sweep(results, plan, client, parent, report, start, experiment_dir)

@@ -138,8 +138,8 @@ def unfinished_trials(experiment_dir: Path) -> int:
     return sum(1 for t in trials if t.status not in ("TERMINATED", "ERROR"))
 
 
-def finish_sweep(results, plan: SweepPlan, client, parent: str, tracking_uri: str, out: Path, report: bool,
-                 start: float, experiment_dir: Path) -> SweepOutcome:
+def finish_sweep(results, plan: SweepPlan, client, parent: str, report: bool, start: float,
+                 experiment_dir: Path) -> SweepOutcome:
     """Close the parent run and write the report after ``fit()``; an interrupted sweep (SIGINT) gets
     its parent run KILLED and no report, and says how to resume."""
     errored = results.num_errors
@@ -154,8 +154,9 @@ def finish_sweep(results, plan: SweepPlan, client, parent: str, tracking_uri: st
         if report:
             from kdlib.report import write_report
 
-            paths = write_report(tracking_uri, plan.experiment, out / "reports" / plan.name, parent_run_id=parent)
-    return SweepOutcome(plan.experiment, parent, tracking_uri, len(results), errored, paths,
+            paths = write_report(plan.tracking_uri, plan.experiment, plan.output / "reports" / plan.name,
+                                 parent_run_id=parent)
+    return SweepOutcome(plan.experiment, parent, plan.tracking_uri, len(results), errored, paths,
                         time.perf_counter() - start, unfinished, experiment_dir, plan.smoke)
 
 
