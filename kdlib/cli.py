@@ -15,8 +15,11 @@ from kdlib.errors import ConfigError, KdlibError
 # ---- commands -----------------------------------------------------------------------------------
 def cmd_sweep_validate(args: argparse.Namespace) -> int:
     from kdlib.sweep.plan import load_plan
+    from kdlib.sweep.preflight import preflight
 
     plan = load_plan(args.sweep, smoke=args.smoke_test, overrides=args.set)
+    if not args.no_data:
+        preflight(plan, tracking=False)  # output folder and data; creates nothing
     cfg = plan.cfg
     dims = " × ".join(f"{k} {len(v)}" for k, v in cfg.search.dims().items())
     excluded = f", {len(cfg.search.exclude)} exclusion rule(s)" if cfg.search.exclude else ""
@@ -64,6 +67,7 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     from kdlib.metrics.specs import metric_keys
     from kdlib.sweep import contract
     from kdlib.sweep.plan import load_plan
+    from kdlib.sweep.preflight import preflight
     from kdlib.sweep.teachers import train_teacher
 
     plan = load_plan(args.sweep, smoke=args.smoke_test, overrides=args.set)
@@ -74,6 +78,7 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
         raise ConfigError(f"--teacher: no teacher '{args.teacher}' under teachers ({declared})")
     if args.out and len(names) > 1:
         raise ConfigError(f"--out: this sweep has {len(names)} teachers; pick one with --teacher")
+    preflight(plan, tracking=False)
     keys = ("params", "macs", contract.SELECTION_METRIC, *metric_keys(contract.TEST_PREFIX),
             *metric_keys(contract.NOISY_PREFIX), "train_seconds", "audio_seconds_per_second")
     for name in names:
@@ -97,10 +102,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from kdlib.data import PairedCorpus
     from kdlib.evaluation import evaluate_model, evaluate_noisy, resolve_pesq_mode
     from kdlib.models import load_model
+    from kdlib.sweep.artifacts import model_file
     from kdlib.sweep.contract import NOISY_PREFIX
     from kdlib.train import resolve_device
 
-    model, meta = load_model(args.checkpoint, resolve_device(args.device, key="--device"))
+    device = resolve_device(args.device, key="--device")
+    with model_file(args.checkpoint, args.tracking_uri) as path:
+        model, meta = load_model(path, device)
     corpus = PairedCorpus(args.data, sample_rate=model.sample_rate)
     corpus = corpus.subset(args.speakers, args.max_utterances)
     mode = resolve_pesq_mode(args.pesq_mode, corpus)
@@ -118,21 +126,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_enhance(args: argparse.Namespace) -> int:
-    from kdlib.data import read_audio, write_audio
-    from kdlib.evaluation import enhance
+    from kdlib.evaluation import enhance_path
     from kdlib.models import load_model
+    from kdlib.sweep.artifacts import model_file
+    from kdlib.train import resolve_device
 
-    model, _ = load_model(args.checkpoint)
-    noisy = read_audio(args.input, sample_rate=model.sample_rate)
-    write_audio(args.output, enhance(model, noisy), model.sample_rate)
-    print(f"wrote {args.output} ({len(noisy) / model.sample_rate:.2f} s at {model.sample_rate} Hz)")
+    device = resolve_device(args.device, key="--device")
+    with model_file(args.checkpoint, args.tracking_uri) as path:
+        model, _ = load_model(path, device)
+    channels = getattr(model, "n_channels", 1)
+    pairs = enhance_path(model, args.input, args.output, device, progress=not args.quiet)
+    target = pairs[0][1] if len(pairs) == 1 and Path(args.input).is_file() else Path(args.output)
+    print(f"wrote {len(pairs)} file(s) to {target} ({model.sample_rate} Hz, "
+          f"{channels}-channel input{'s' if channels > 1 else ''} → mono)")
     return 0
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
     from kdlib.profile import profile
+    from kdlib.sweep.artifacts import model_file
 
-    rows = profile(args.model, args.ratios, args.seconds, args.repeats)
+    with model_file(args.model, args.tracking_uri) as path:
+        rows = profile(path, args.ratios, args.seconds, args.repeats)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -244,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("sweep")
     val.add_argument("--smoke-test", action="store_true")
     val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    val.add_argument("--no-data", action="store_true",
+                     help="check the YAML only: skip the output-folder check and the data scan")
     val.set_defaults(func=cmd_sweep_validate)
 
     tt = sub.add_parser("train-teacher", help="train and save the sweep's teacher")
@@ -262,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=cmd_report)
 
     ev = sub.add_parser("eval", help="PESQ/STOI/ESTOI/SI-SDR of a checkpoint on a paired corpus")
-    ev.add_argument("checkpoint")
+    ev.add_argument("checkpoint", help="checkpoint file, or an MLflow run: runs:/<run id>[/<artifact>]")
+    ev.add_argument("--tracking-uri", help="MLflow store of a runs:/ reference (default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db)")
     ev.add_argument("--data", required=True, help="paired corpus folder (pairs.csv, VB+DEMAND or NOIZEUS layout)")
     ev.add_argument("--pesq-mode", choices=["auto", "wb", "nb"], default="auto",
                     help="auto: nb for narrowband (NOIZEUS) material, else wb")
@@ -274,14 +292,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=cmd_eval)
 
-    en = sub.add_parser("enhance", help="enhance one wav file with a checkpoint")
-    en.add_argument("checkpoint")
-    en.add_argument("input")
-    en.add_argument("output")
+    en = sub.add_parser("enhance", help="enhance a wav/flac file, or a folder of them, with a checkpoint")
+    en.add_argument("checkpoint", help="checkpoint file, or an MLflow run: runs:/<run id>[/<artifact>]")
+    en.add_argument("input", help="audio file, or folder (searched recursively); a multi-channel model "
+                                  "takes files with its own channel count")
+    en.add_argument("output", help="output wav file, or folder (same relative layout)")
+    en.add_argument("--tracking-uri", help="MLflow store of a runs:/ reference (default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db)")
+    en.add_argument("--device", type=_device, default="cpu", help="auto | cpu | cuda | cuda:N | mps")
+    en.add_argument("--quiet", action="store_true", help="no progress bar")
     en.set_defaults(func=cmd_enhance)
 
     prof = sub.add_parser("profile", help="params, MACs per second of audio and real-time factor of a model")
-    prof.add_argument("model", help="checkpoint (.pt), model YAML {name, kwargs} or sweep YAML (its teacher)")
+    prof.add_argument("model", help="checkpoint (.pt), runs:/<run id>, model YAML {name, kwargs} or sweep YAML "
+                                    "(its teacher)")
+    prof.add_argument("--tracking-uri", help="MLflow store of a runs:/ reference (default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db)")
     prof.add_argument("--ratios", type=_number(float, 0, low_open=True), nargs="*", default=[1.0],
                       help="also profile students at these fractions of the params (YAML input)")
     prof.add_argument("--seconds", type=_number(float, 0, low_open=True), default=4.0,

@@ -22,3 +22,10 @@ class RegistryError(KdlibError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it one readable line
         return str(self.args[0]) if self.args else ""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name when empty), cut at ``limit`` characters:
+    how a foreign library's error (MLflow, Ray, user code) reads inside a one-line kdlib error."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text if len(text) <= limit else text[: limit - 1] + "…"

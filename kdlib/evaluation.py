@@ -1,11 +1,17 @@
-"""Run a model over a paired corpus and score it with the metric table (PESQ, STOI, ESTOI, SI-SDR)."""
+"""Run a model over a paired corpus and score it with the metric table (PESQ, STOI, ESTOI, SI-SDR);
+enhance audio files and folders with a checkpoint (``kdlib enhance``)."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from kdlib.data import PairedCorpus
+from kdlib.data import PairedCorpus, read_audio, write_audio
+from kdlib.data.audio import AUDIO_SUFFIXES
+from kdlib.errors import DataError
 from kdlib.metrics import MetricSummary, evaluate_pairs, si_sdr
 from kdlib.models.base import SEModel
 
@@ -71,3 +77,151 @@ def mean_si_sdr(model: SEModel, corpus: PairedCorpus, device: torch.device | str
         noisy, clean = corpus.load(i)
         scores.append(si_sdr(enhance(model, noisy, device), clean))
     return float(np.mean(scores))
+
+
+# ---- enhancing files and folders (``kdlib enhance``) ---------------------------------------------
+def _model_name(model: SEModel) -> str:
+    return getattr(type(model), "registry_name", type(model).__name__)
+
+
+def _channels_text(n: int) -> str:
+    return "1 channel" if n == 1 else f"{n} channels"
+
+
+def _check_channels(model: SEModel, path: Path, channels: int) -> None:
+    """Refuse a file whose channel count differs from the model's ``n_channels`` (1 when absent)."""
+    expected = int(getattr(model, "n_channels", 1))
+    if channels == expected:
+        return
+    name = _model_name(model)
+    if expected == 1:
+        raise DataError(
+            f"model '{name}' expects mono (1-channel) input, '{path}' has {channels} channels: "
+            f"downmix it or keep one microphone (e.g. sox '{path}' out.wav remix 1), "
+            f"or use a checkpoint of a {channels}-channel model such as ftjnf")
+    if channels == 1:
+        raise DataError(
+            f"model '{name}' expects {expected}-channel input (one channel per microphone of its array), "
+            f"'{path}' has 1 channel: give it a {expected}-channel recording, or use a mono model")
+    raise DataError(
+        f"model '{name}' expects {expected}-channel input (one channel per microphone of its array), "
+        f"'{path}' has {channels} channels: give it a {expected}-channel recording of the same array")
+
+
+def enhance_file(model: SEModel, src: str | os.PathLike[str], dst: str | os.PathLike[str],
+                 device: torch.device | str | None = None) -> float:
+    """Enhance one audio file with ``model`` and write the result as 16-bit PCM WAV.
+
+    The file must match the model's contract: ``model.sample_rate`` Hz and
+    ``getattr(model, "n_channels", 1)`` channels. It is read as ``(L,)`` (mono) or ``(M, L)``
+    (M microphones, L samples); the output written to ``dst`` is always mono ``(L,)``, same L,
+    at ``model.sample_rate`` Hz (parent folders are created; WAV whatever the suffix).
+
+    Args:
+        model: the enhancement model (put into eval mode for the call, then restored).
+        src: input wav/flac file.
+        dst: output file.
+        device: where to run; the model must already be there. ``None``: the model's device.
+
+    Returns:
+        Duration of the file in seconds (L / ``model.sample_rate``).
+
+    Raises:
+        DataError: ``src`` is missing or unreadable, has another sample rate or channel count than
+            the model expects, has 0 samples, or holds NaN/inf samples; or the model produced
+            NaN/inf output. Each message is one line naming ``src``.
+    """
+    src = Path(src)
+    sample_rate = int(model.sample_rate)
+    noisy = read_audio(src, sample_rate=sample_rate, allow_multichannel=True)
+    length = noisy.shape[-1]
+    if length == 0:
+        raise DataError(f"audio file '{src}' has 0 samples: nothing to enhance, remove it or re-export it")
+    _check_channels(model, src, 1 if noisy.ndim == 1 else noisy.shape[0])
+    bad = int(np.count_nonzero(~np.isfinite(noisy)))
+    if bad:
+        raise DataError(f"audio file '{src}' has {bad} NaN or inf sample(s): "
+                        "repair it or re-export it with finite samples")
+    out = enhance(model, noisy, device)
+    if not np.all(np.isfinite(out)):
+        raise DataError(f"enhancing '{src}' with model '{_model_name(model)}' gave NaN or inf samples: "
+                        "the input level is extreme or the checkpoint's weights are broken")
+    write_audio(dst, out, sample_rate)
+    return length / sample_rate
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """``path`` is ``folder`` or lies below it (both resolved)."""
+    return path == folder or folder in path.parents
+
+
+def enhance_path(model: SEModel, src: str | os.PathLike[str], dst: str | os.PathLike[str],
+                 device: torch.device | str | None = None, progress: bool = True) -> list[tuple[Path, Path]]:
+    """Enhance one audio file, or every audio file of a folder, with :func:`enhance_file`.
+
+    * ``src`` a file: ``dst`` is the output file; when ``dst`` is an existing folder the output is
+      ``dst/<src stem>.wav``.
+    * ``src`` a folder: every ``*.wav``/``*.flac`` below it (recursive, suffix case-insensitive,
+      sorted) is written to ``dst/<same relative sub-folder>/<stem>.wav``; ``dst`` is created. A
+      tqdm bar (on stderr; ``progress=False`` hides it) counts files and shows the audio seconds
+      done. A bad file stops the run with its error; the outputs already written stay.
+
+    Outputs are 16-bit PCM WAV, mono ``(L,)`` at ``model.sample_rate`` Hz, one per input, same
+    length in samples; existing output files are overwritten.
+
+    Args:
+        model: the enhancement model; its contract is ``model.sample_rate`` (Hz) and
+            ``getattr(model, "n_channels", 1)`` (microphones, i.e. input ``(M, L)`` when M > 1).
+        src: input file or folder.
+        dst: output file or folder.
+        device: where to run; the model must already be there. ``None``: the model's device.
+        progress: show the progress bar (folders only).
+
+    Returns:
+        ``[(input file, output file), ...]`` in processing order.
+
+    Raises:
+        DataError: ``src`` does not exist; a folder ``src`` holds no audio file, or two of its files
+            would write the same output (``a.wav`` and ``a.flac``); ``dst`` is ``src`` itself, lies
+            inside the folder ``src``, or is an existing file while ``src`` is a folder; plus every
+            error of :func:`enhance_file` (the first bad file stops the run).
+    """
+    from tqdm import tqdm  # only `kdlib enhance` needs it
+
+    src, dst = Path(src), Path(dst)
+    if not src.exists():
+        raise DataError(f"input '{src}' does not exist: give an audio file or a folder of wav/flac files")
+    if src.is_file():
+        if dst.is_dir():
+            dst = dst / (src.stem + ".wav")
+        if dst.resolve() == src.resolve():
+            raise DataError(f"output '{dst}' is the input file itself: choose another output path")
+        enhance_file(model, src, dst, device)
+        return [(src, dst)]
+
+    if dst.exists() and not dst.is_dir():
+        raise DataError(f"input '{src}' is a folder but output '{dst}' is an existing file: "
+                        "give an output folder")
+    if _inside(dst.resolve(), src.resolve()):
+        raise DataError(f"output folder '{dst}' is inside input folder '{src}': the outputs would overwrite "
+                        "or be mixed with the inputs; choose a folder outside it")
+    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"input folder '{src}' holds no audio files ({'/'.join(AUDIO_SUFFIXES)}, searched "
+                        "recursively)")
+    jobs: dict[Path, Path] = {}
+    for f in files:
+        out = dst / f.relative_to(src).with_suffix(".wav")
+        if out in jobs:
+            raise DataError(f"'{jobs[out]}' and '{f}' would both be written to '{out}': rename one of them")
+        jobs[out] = f
+
+    done: list[tuple[Path, Path]] = []
+    seconds = 0.0
+    with tqdm(total=len(files), unit="file", desc="enhance", disable=not progress) as bar:
+        for out, f in jobs.items():
+            seconds += enhance_file(model, f, out, device)
+            done.append((f, out))
+            bar.update(1)
+            bar.set_postfix_str(f"{seconds:.1f} s audio", refresh=False)
+    return done

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from kdlib.errors import ConfigError
 from kdlib.models import SEModel, build_model, count_params, load_model, macs_per_second, size_student
@@ -47,7 +46,9 @@ def _models_from(path: str | Path, ratios: list[float]) -> list[tuple[str, SEMod
         return [(path.name, model, 1.0)]
     if not path.is_file():
         raise ConfigError(f"'{path}' does not exist")
-    raw = yaml.safe_load(path.read_text())
+    from kdlib.config import read_yaml
+
+    raw = read_yaml(path)  # the sweep loader's limits: size, depth, aliases, duplicate keys, UTF-8
     if isinstance(raw, dict) and ("teacher" in raw or "teachers" in raw):
         from kdlib.sweep.plan import load_plan
 

@@ -94,19 +94,75 @@ def test_report_front_rows_are_non_dominated(quickstart_smoke):
         assert not (better_or_equal & strictly_better & ~me).any(), f"{rid} is dominated"
 
 
-def test_eval_of_a_trial_checkpoint_reproduces_its_logged_test_metrics(quickstart_smoke, capsys, data_root):
-    _, _, runs = quickstart_smoke
+@pytest.mark.parametrize("reference", ["tag", "run"])
+def test_eval_of_a_trial_checkpoint_reproduces_its_logged_test_metrics(quickstart_smoke, capsys, data_root,
+                                                                       reference):
+    """The best student of a finished trial is an MLflow artifact of its run: its ``kdlib.checkpoint`` tag
+    points at that durable copy under the sweep's output (not Ray's session folder), and both the path and
+    ``runs:/<run id>`` score to the logged test metrics."""
+    _, out, runs = quickstart_smoke
     trial = runs[(runs["tags.kdlib.role"] == "trial") & (runs["params.method"] == "output")].iloc[0]
-    checkpoint = trial["tags.kdlib.checkpoint"]
-    assert Path(checkpoint).is_file()
+    checkpoint = Path(trial["tags.kdlib.checkpoint"])
+    assert checkpoint.is_file() and checkpoint.is_relative_to(out / "mlartifacts"), checkpoint
+    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    assert [a.path for a in client.list_artifacts(trial["run_id"])] == ["student.pt"]
+    target = str(checkpoint) if reference == "tag" else f"runs:/{trial['run_id']}"
     capsys.readouterr()
-    code = main(["eval", checkpoint, "--data", str(data_root / "vb_demand"), "--speakers", "p232",
-                 "--max-utterances", "2", "--json"])
+    code = main(["eval", target, "--data", str(data_root / "vb_demand"), "--speakers", "p232",
+                 "--max-utterances", "2", "--json", "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert result["utterances"] == 2 and result["pesq_mode"] == "wb"
     for m in ("pesq", "stoi", "estoi", "si_sdr"):
         assert result[m] == pytest.approx(trial[f"metrics.test_{m}"], rel=1e-6), m
+
+
+def test_every_model_run_holds_its_checkpoint_and_runs_refs_are_checked(quickstart_smoke, capsys):
+    from kdlib.models import read_checkpoint
+
+    _, out, runs = quickstart_smoke
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    for _, run in runs[runs["tags.kdlib.role"] != "sweep"].iterrows():
+        names = [a.path for a in client.list_artifacts(run["run_id"])]
+        assert len(names) == 1 and names[0].endswith(".pt"), names
+        meta = read_checkpoint(run["tags.kdlib.checkpoint"])["meta"]
+        if run["tags.kdlib.role"] == "trial":  # the student carries its complexity and the scores it got
+            for key in ("params", "macs", "test_pesq", "val_si_sdr"):
+                assert meta[key] == pytest.approx(run[f"metrics.{key}"]), key
+    parent = runs.loc[runs["tags.kdlib.role"] == "sweep", "run_id"].item()
+    for ref, needle in ((f"runs:/{parent}", "holds no model artifact"), ("runs:/0123abcd", "no MLflow run '0123abcd'")):
+        capsys.readouterr()
+        assert main(["profile", ref, "--tracking-uri", uri, "--repeats", "1", "--seconds", "0.5"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("kdlib: error: ") and needle in err and "\n" not in err, err
+
+
+def test_two_sweeps_starting_together_on_a_fresh_store_both_finish(data_root, tmp_path):
+    """Two ``kdlib sweep run`` processes, started at the same moment on one fresh output folder (so one new
+    SQLite store, and one teacher both need): both finish, one store, every run of both sweeps in it."""
+    import subprocess
+    import sys
+    import time
+
+    start = time.time() + 8
+    script = ("import sys, time; from kdlib.cli import main; t = float(sys.argv[1])\n"
+              "while time.time() < t: time.sleep(0.001)\nsys.exit(main(sys.argv[2:]))")
+    env = {**os.environ, "KDLIB_OUTPUT": str(tmp_path), "PYTHONPATH": str(REPO)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", script, str(start), "sweep", "run", str(REPO / "sweeps" / "quickstart.yaml"),
+         "--smoke-test", "--no-report", "--set", f"name=together{i}", "--set", "search.method=[none]",
+         "--set", "search.student_ratio=[0.25]"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True) for i in range(2)]
+    logs = [p.communicate(timeout=900)[0] for p in procs]
+    for p, log in zip(procs, logs, strict=True):
+        assert p.returncode == 0, log[-3000:]
+    assert sorted(f.name for f in tmp_path.glob("*.db")) == ["mlflow.db"]
+    for i in range(2):
+        runs = _runs(tmp_path, f"together{i}-smoke")
+        assert sorted(runs["tags.kdlib.role"]) == ["sweep", "teacher", "trial"]
+        assert (runs["status"] == "FINISHED").all()
 
 
 def test_failed_trials_are_marked_failed_and_the_sweep_goes_on(data_root, tmp_path, monkeypatch):

@@ -239,6 +239,15 @@ class DataConfig(_Strict):
     l3das23: L3DAS23Config | None = None
     valid: PairedConfig | None = Field(None, validate_default=True)
     test: PairedConfig | None = Field(None, validate_default=True)
+    #: pre-flight scan of every audio file the sweep reads, before any work starts (DataSource.scan):
+    #: "full" reads every sample (NaN/inf, silence), "headers" only rate/channels/length (for very large
+    #: corpora, e.g. L3DAS23), "off" none. Not part of the dump (or hashes) while it is "full"
+    scan: Literal["full", "headers", "off"] = "full"
+
+    @field_validator("scan", mode="before")
+    @classmethod
+    def _scan_off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML 1.1 reads a bare `off` as false
 
     @model_validator(mode="before")
     @classmethod
@@ -289,4 +298,7 @@ class DataConfig(_Strict):
         for key in _OWN_SPLITS:
             if isinstance(out, dict) and out.get(key, 0) is None:
                 del out[key]
+        # ... and as before the scan knob existed, while it keeps its default
+        if isinstance(out, dict) and out.get("scan") == "full":
+            del out["scan"]
         return out

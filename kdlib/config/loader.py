@@ -21,7 +21,7 @@ from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from kdlib.config.schema import SweepConfig
-from kdlib.errors import ConfigError
+from kdlib.errors import ConfigError, first_line
 from kdlib.validation import short_reprlib, validate
 
 #: most nodes of a document, counted once per use of an alias (a sweep YAML has a few hundred)
@@ -139,8 +139,11 @@ def safe_load(text: str) -> Any:
 def import_plugins(modules: list[str]) -> None:
     """Import user modules that register models or KD methods (``plugins:`` in the YAML).
 
+    A plugin is user code run at import: whatever it raises, and a ``sys.exit()`` in it, becomes one
+    line naming the plugin (an exit would otherwise end kdlib silently, often with status 0).
+
     Raises:
-        ConfigError: a module cannot be imported.
+        ConfigError: a module cannot be imported, raises while being imported, or exits.
     """
     import importlib
 
@@ -150,7 +153,12 @@ def import_plugins(modules: list[str]) -> None:
         try:
             importlib.import_module(str(name))
         except ImportError as exc:
-            raise ConfigError(f"plugins: cannot import '{name}': {exc}") from None
+            raise ConfigError(f"plugins: cannot import '{name}': {first_line(exc)}") from None
+        except SystemExit as exc:
+            raise ConfigError(f"plugins: '{name}' called sys.exit({exc.code!r}) while being imported; "
+                              "a plugin must only define and register") from None
+        except Exception as exc:  # noqa: BLE001 - user code may raise anything
+            raise ConfigError(f"plugins: importing '{name}' raised {type(exc).__name__}: {first_line(exc)}") from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -244,6 +244,11 @@ class RayConfig(_Strict):
     num_cpus: int | None = Field(None, ge=1)
     max_concurrent_trials: int | None = Field(None, ge=1)
     max_failures: int = Field(0, ge=0)
+    #: seconds to wait for a Ray cluster at ``address`` (Ray itself retries for minutes)
+    connect_timeout_s: float = Field(15.0, gt=0, le=3600)
+    #: refuse a sweep whose per-trial resources exceed the cluster's totals right after connecting;
+    #: false for an autoscaling cluster that adds the nodes once trials are queued
+    check_resources: bool = True
 
 
 class MLflowConfig(_Strict):

@@ -54,11 +54,12 @@ def config_hash(cfg: SweepConfig) -> str:
 
 
 def teacher_hash(cfg: SweepConfig, name: str | None = None) -> str:
-    """Hash of what determines a teacher (its section and the data section, not the data root), so a
-    changed teacher or data config trains a new one and sweeps that share both share the file."""
+    """Hash of what determines a teacher (its section and the data section, not the data root or the
+    pre-flight scan depth), so a changed teacher or data config trains a new one and sweeps that share
+    both share the file."""
     blob = json.dumps(
         {"teacher": cfg.teacher_cfg(name).model_dump(mode="json", exclude={"checkpoint", "threads"}),
-         "data": cfg.data.model_dump(mode="json", exclude={"root"})}, sort_keys=True)
+         "data": cfg.data.model_dump(mode="json", exclude={"root", "scan"})}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 

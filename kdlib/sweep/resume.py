@@ -43,7 +43,7 @@ from kdlib.sweep import contract
 from kdlib.sweep.session import (
     SweepOutcome,
     build_trainable,
-    check_gpu,
+    check_resources,
     find_experiment,
     finish_sweep,
     init_ray,
@@ -97,7 +97,7 @@ def resume_sweep(target: str | os.PathLike, restart_errored: bool = False, repor
 
     started_ray = init_ray(plan, address)
     try:
-        check_gpu(plan)
+        check_resources(plan)
         param_space, _, _ = build_search(plan.cfg.search, contract.SELECTION_METRIC, contract.SELECTION_MODE)
         tuner = tune.Tuner.restore(str(experiment_dir), trainable=build_trainable(trial_plan, teacher_paths),
                                    resume_unfinished=True, resume_errored=not restart_errored,

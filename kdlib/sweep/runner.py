@@ -8,14 +8,14 @@ import time
 
 from ray.tune import Callback
 
-from kdlib.evaluation import resolve_pesq_mode
 from kdlib.sweep import contract
 from kdlib.sweep.plan import SweepPlan
+from kdlib.sweep.preflight import preflight
 from kdlib.sweep.session import (
     ProgressCallback,
     SweepOutcome,
     build_trainable,
-    check_gpu,
+    check_resources,
     finish_sweep,
     init_ray,
     save_sweep_record,
@@ -34,9 +34,10 @@ def run_sweep(plan: SweepPlan, report: bool = True, callbacks: list[Callback] | 
     an interrupted sweep.
 
     Raises:
-        DataError / ConfigError / KdlibError: bad data, config or an unreachable MLflow store,
-            all before any trial; a GPU fraction per trial on a cluster without GPUs, right after
-            Ray starts (which is shut down again).
+        DataError / ConfigError / KdlibError: bad data, config, output folder or MLflow store (the
+            pre-flight, :func:`kdlib.sweep.preflight.preflight`), all before Ray starts; an unreachable
+            Ray address; per-trial resources the cluster cannot give, right after Ray connects (a Ray
+            instance this call started is shut down again).
     """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from ray import tune
@@ -44,7 +45,6 @@ def run_sweep(plan: SweepPlan, report: bool = True, callbacks: list[Callback] | 
     from kdlib.sweep.space import build_search
     from kdlib.sweep.tracking import (
         MLflowTrialLogger,
-        client_for,
         experiment_id,
         git_commit,
         log_teacher_run,
@@ -53,15 +53,14 @@ def run_sweep(plan: SweepPlan, report: bool = True, callbacks: list[Callback] | 
 
     start = time.perf_counter()
     cfg, out = plan.cfg, plan.output
-    # fail fast on data and tracking before anything expensive (a refused sweep leaves no folder)
-    _, test = plan.data_source().eval_sets()
-    pesq_mode = resolve_pesq_mode(cfg.data.test.pesq_mode, test)
-    client = client_for(plan.tracking_uri)
+    # fail fast on output, data and tracking before anything expensive (a refused sweep leaves no folder)
+    checked = preflight(plan)
+    client, pesq_mode = checked.client, checked.pesq_mode
     out.mkdir(parents=True, exist_ok=True)
 
     started_ray = init_ray(plan)
     try:
-        check_gpu(plan)  # before the MLflow experiment, the teacher, the parent run or any trial
+        check_resources(plan)  # before the MLflow experiment, the teacher, the parent run or any trial
         exp_id = experiment_id(client, plan)
         teachers = ensure_teachers(plan)
         parent = start_parent_run(client, plan, exp_id, pesq_mode)

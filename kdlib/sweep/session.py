@@ -19,8 +19,9 @@ from typing import Any
 
 from ray.tune import Callback
 
-from kdlib.errors import ConfigError, KdlibError
+from kdlib.errors import ConfigError, KdlibError, first_line
 from kdlib.sweep.plan import SweepPlan, resolve_output
+from kdlib.sweep.preflight import probe_ray_address, ray_address
 
 RECORD = "kdlib_sweep.json"
 FORMAT = 1
@@ -82,16 +83,27 @@ def init_ray(plan: SweepPlan, address: str | None = None) -> bool:
     """Connect to ``address`` (e.g. ``kdlib sweep resume --address``), else ``ray.address`` /
     ``RAY_ADDRESS`` when given, else start a fresh local instance.
 
+    A ``host:port`` or ``ray://host:port`` address is probed first with a TCP connection bounded by
+    ``ray.connect_timeout_s`` (Ray's own client retries an unreachable address for minutes).
+
     Returns True when this call started Ray (so the caller shuts it down again).
+
+    Raises:
+        KdlibError: no Ray cluster answers at the address, or Ray refuses to connect (one line naming
+            where the address came from: ``--address``, ``ray.address`` or ``$RAY_ADDRESS``).
     """
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    address = address or plan.cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         return False
+    address, source = ray_address(plan, address)
     if address and address != "local":
-        ray.init(address=address)
+        probe_ray_address(address, plan.cfg.ray.connect_timeout_s, source)
+        try:
+            ray.init(address=address)
+        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+            raise KdlibError(f"{source}: cannot connect to Ray at '{address[:200]}': {first_line(exc)}") from None
     else:
         # a local instance never needs more than loopback (../shared/docs/stack.md); read at init
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -99,17 +111,32 @@ def init_ray(plan: SweepPlan, address: str | None = None) -> bool:
     return True
 
 
-def check_gpu(plan: SweepPlan) -> None:
-    """Refuse a GPU fraction per trial on a Ray cluster without GPUs (Tune would wait forever).
+def check_resources(plan: SweepPlan) -> None:
+    """Refuse per-trial resources that no node of the connected Ray cluster can give (Tune would
+    queue the trials forever): ``resources.cpu`` CPUs and ``resources.gpu`` GPUs on one node. Skipped
+    with ``ray.check_resources: false`` (an autoscaling cluster that adds nodes for queued trials).
 
     Raises:
-        ConfigError: ``resources.gpu`` > 0 and the cluster reports no ``GPU`` resource.
+        ConfigError: one line naming the key, what was asked and what the cluster has.
     """
     import ray
 
-    gpu = plan.cfg.resources.gpu
-    if gpu > 0 and not ray.cluster_resources().get("GPU", 0):
-        raise ConfigError(f"resources.gpu: {gpu:g} GPU per trial asked, but the Ray cluster has no GPU")
+    if not plan.cfg.ray.check_resources:
+        return
+    asks = {"cpu": ("CPU", plan.cfg.resources.cpu), "gpu": ("GPU", plan.cfg.resources.gpu)}
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    for key, (resource, ask) in asks.items():
+        if ask <= 0:
+            continue
+        largest = max((float(n.get(resource, 0)) for n in nodes), default=0.0)
+        if largest >= ask:
+            continue
+        total = sum(float(n.get(resource, 0)) for n in nodes)
+        if key == "gpu" and total == 0:
+            raise ConfigError(f"resources.gpu: {ask:g} GPU per trial asked, but the Ray cluster has no GPU")
+        raise ConfigError(f"resources.{key}: {ask:g} {resource} per trial asked, but no node of the Ray cluster has "
+                          f"that many (largest node: {largest:g}, cluster total: {total:g} on {len(nodes)} node(s)); "
+                          f"lower resources.{key}, or set ray.check_resources: false for an autoscaling cluster")
 
 
 def build_trainable(plan: SweepPlan, teacher_paths: dict[str, str]):

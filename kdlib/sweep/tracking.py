@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from typing import Any
 from ray.tune.logger import LoggerCallback
 
 from kdlib.config import KD_KNOB_PREFIX
-from kdlib.errors import KdlibError
+from kdlib.errors import KdlibError, first_line
 from kdlib.sweep.contract import (
     CHECKPOINT,
     EPOCH_METRIC,
@@ -66,33 +67,106 @@ def _fail_fast_http() -> Iterator[None]:
                 os.environ[key] = value
 
 
-def client_for(uri: str):
-    """An ``MlflowClient`` for a tracking URI, checked to answer before any work.
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (None for other stores)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+def _check_sqlite_store(uri: str, path: Path) -> None:
+    """One line for an SQLite store that cannot be a writable file (MLflow would retry for ~100 s)."""
+    if path.is_dir():
+        raise KdlibError(f"MLflow tracking store '{uri}': '{path}' is a directory, not an SQLite file; "
+                         f"name a file in it, e.g. sqlite:///{path / 'mlflow.db'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            with path.open("r+b"):
+                pass
+        else:
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".kdlib-probe-"):
+                pass
+    except OSError as exc:
+        raise KdlibError(f"MLflow tracking store '{uri}' cannot be written: {exc.strerror or exc} "
+                         f"('{exc.filename or path}'); choose a writable place with mlflow.tracking_uri or "
+                         "$MLFLOW_TRACKING_URI") from None
+
+
+@contextmanager
+def store_lock(uri: str, timeout_s: float = 300.0) -> Iterator[None]:
+    """Hold a file lock next to an SQLite store (``<db>.lock``) while it is created or migrated and while
+    an experiment is looked up or created: two sweeps starting together on a fresh store otherwise race
+    in MLflow's table creation (``table experiments already exists``) or in ``create_experiment``.
+    No lock for other stores (a tracking server serialises its own writes).
 
     Raises:
-        KdlibError: the tracking server or store cannot be reached.
+        KdlibError: the lock is not free within ``timeout_s`` seconds.
+    """
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    try:
+        with FileLock(f"{path}.lock", timeout=timeout_s):
+            yield
+    except Timeout:
+        raise KdlibError(f"MLflow tracking store '{uri}': another process holds '{path}.lock' for more than "
+                         f"{timeout_s:g} s; remove the file if no sweep is starting") from None
+
+
+def client_for(uri: str):
+    """An ``MlflowClient`` for a tracking URI, checked to answer before any work. An SQLite store is
+    checked to be a writable file first, and created under :func:`store_lock`.
+
+    Raises:
+        KdlibError: the tracking server or store cannot be reached, created or written.
     """
     from mlflow.tracking import MlflowClient
 
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    # a client, not mlflow.set_tracking_uri: that also writes MLFLOW_TRACKING_URI into os.environ,
-    # which would silently redirect every later sweep of this process to this store
-    client = MlflowClient(uri)
+    path = sqlite_path(uri)
+    if path is not None:
+        _check_sqlite_store(uri, path)
     try:
-        with _fail_fast_http():
+        # the client's store is built (an SQLite store created and migrated) in its constructor: lock both.
+        # A client, not mlflow.set_tracking_uri: that also writes MLFLOW_TRACKING_URI into os.environ,
+        # which would silently redirect every later sweep of this process to this store
+        with _fail_fast_http(), store_lock(uri):
+            client = MlflowClient(uri)
             client.search_experiments(max_results=1)
+    except KdlibError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any failure here means "unreachable"
-        raise KdlibError(f"MLflow tracking store '{uri}' is unreachable: {str(exc).splitlines()[0][:200]}") from None
+        raise KdlibError(f"MLflow tracking store '{uri}' is unreachable: {first_line(exc)}") from None
     return client
 
 
 def experiment_id(client, plan: SweepPlan) -> str:
-    """Get or create the sweep's experiment with an explicit artifact location (never the CWD)."""
-    exp = client.get_experiment_by_name(plan.experiment)
-    if exp is not None:
-        return exp.experiment_id
-    return client.create_experiment(plan.experiment, artifact_location=(plan.output / "mlartifacts").as_uri())
+    """Get or create the sweep's experiment with an explicit artifact location (never the CWD), under
+    :func:`store_lock`; a concurrent sweep that created it first is found, not an error.
+
+    Raises:
+        KdlibError: the experiment is deleted (MLflow keeps its name), or MLflow refuses.
+    """
+    from mlflow.exceptions import MlflowException
+
+    with store_lock(plan.tracking_uri):
+        exp = client.get_experiment_by_name(plan.experiment)
+        if exp is not None and exp.lifecycle_stage == "deleted":
+            raise KdlibError(f"MLflow experiment '{plan.experiment}' is deleted in {plan.tracking_uri}: restore it "
+                             "(mlflow experiments restore) or set mlflow.experiment to a new name")
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return client.create_experiment(plan.experiment,
+                                            artifact_location=(plan.output / "mlartifacts").as_uri())
+        except MlflowException as exc:
+            exp = client.get_experiment_by_name(plan.experiment)  # created meanwhile by another store client
+            if exp is not None:
+                return exp.experiment_id
+            raise KdlibError(f"MLflow cannot create experiment '{plan.experiment}': {first_line(exc)}") from None
 
 
 def _log_dict(client, run_id: str, params: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
@@ -133,6 +207,7 @@ def log_teacher_run(client, plan: SweepPlan, exp_id: str, parent_id: str, meta: 
     cfg = plan.cfg
     run = client.create_run(exp_id, run_name=f"teacher-{name}" if name else "teacher",
                             tags={ROLE: ROLE_TEACHER, PARENT: parent_id, CHECKPOINT: str(teacher_path)})
+    log_model_artifact(client, run.info.run_id, teacher_path)
     metrics = {k: v for k, v in meta.items() if isinstance(v, int | float) and k != "epochs"}
     metrics["params_pct"] = 100.0
     _log_dict(client, run.info.run_id, params={
@@ -146,6 +221,36 @@ def log_teacher_run(client, plan: SweepPlan, exp_id: str, parent_id: str, meta: 
                   step=i + 1)
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
+
+
+def artifact_location(run, name: str) -> str:
+    """Where artifact ``name`` of ``run`` lives: a local path for a ``file:`` artifact store, else its URI."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    uri = f"{run.info.artifact_uri.rstrip('/')}/{name}"
+    return url2pathname(urlparse(uri).path) if uri.startswith("file:") else uri
+
+
+def log_model_artifact(client, run_id: str, path: str | Path) -> str:
+    """Log a checkpoint file as an artifact of ``run_id`` (same file name) and point the run's
+    ``kdlib.checkpoint`` tag at the durable copy; returns that location."""
+    client.log_artifact(run_id, str(path))
+    location = artifact_location(client.get_run(run_id), Path(path).name)
+    client.set_tag(run_id, CHECKPOINT, location)
+    return location
+
+
+def log_student(client, run_id: str, checkpoint) -> str | None:
+    """Log the best-validation student held in a trial's final Ray Tune ``checkpoint`` (``student.pt``,
+    written by the trial's last epoch) as an MLflow artifact of its run, so it outlives Ray's session
+    folder and reaches a remote tracking server; returns its location, or None when the checkpoint
+    holds no student (a trial stopped early by the scheduler keeps no test scores and no student)."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        student = Path(folder) / STUDENT_FILE
+        return log_model_artifact(client, run_id, student) if student.is_file() else None
 
 
 class MLflowTrialLogger(LoggerCallback):
@@ -232,9 +337,8 @@ class MLflowTrialLogger(LoggerCallback):
         if run_id is None:
             return
         self._ended.add(trial.trial_id)
-        student = Path(trial.local_path or "") / STUDENT_FILE
-        if not failed and student.is_file():
-            self.client.set_tag(run_id, CHECKPOINT, str(student))
+        if not failed:
+            log_student(self.client, run_id, trial.checkpoint)
         self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
     def on_experiment_end(self, trials, **info) -> None:
@@ -258,7 +362,5 @@ class MLflowTrialLogger(LoggerCallback):
             if current == target or current != "RUNNING" and (current != "KILLED" or target == "KILLED"):
                 continue
             if target == "FINISHED":
-                student = Path(trial.local_path or "") / STUDENT_FILE
-                if student.is_file():
-                    self.client.set_tag(run_id, CHECKPOINT, str(student))
+                log_student(self.client, run_id, trial.checkpoint)
             self.client.set_terminated(run_id, target)

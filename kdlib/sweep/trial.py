@@ -1,7 +1,8 @@
 """The Ray Tune trial: one student trained with one KD method, read top to bottom.
 
 Frozen teacher → student at the trial's size → per epoch: train, validate (SI-SDR), checkpoint,
-report → after the last epoch: PESQ/STOI/ESTOI/SI-SDR on the test set and the student's checkpoint.
+report → after the last epoch: PESQ/STOI/ESTOI/SI-SDR on the test set, and the best-validation student (with
+its complexity and those scores in its ``meta``) in the final checkpoint.
 A restarted trial continues from its last reported epoch.
 """
 
@@ -77,17 +78,23 @@ def kd_trial(config: dict[str, Any], plan: SweepPlan, teacher_paths: dict[str, s
     while trainer.epoch < trainer.epochs:
         metrics: dict[str, Any] = {**trainer.train_epoch(), **trainer.validate(), **figures}
         metrics["epoch"] = trainer.epoch
-        if trainer.epoch == trainer.epochs:
+        final = trainer.epoch == trainer.epochs
+        if final:
             metrics.update(trainer.test(num_workers=threads).as_flat_dict(contract.TEST_PREFIX))
-            save_checkpoint(trainer.best_model(), Path(tune.get_context().get_trial_dir()) / contract.STUDENT_FILE,
-                            {"method": spec.method, "student_ratio": spec.student_ratio, "seed": spec.seed,
-                             "teacher": os.path.basename(teacher_path), contract.SELECTION_METRIC: trainer.best_val})
         pesq_key = f"{contract.TEST_PREFIX}pesq"
         test_line = f" test PESQ {metrics[pesq_key]:.3f}" if pesq_key in metrics else ""
         print(f"[{spec.label()}] epoch {trainer.epoch}/{trainer.epochs} loss {metrics['train_loss']:.4f} "
               f"val SI-SDR {metrics[contract.SELECTION_METRIC]:.2f} dB{test_line}")
         with tempfile.TemporaryDirectory() as d:
             torch.save(trainer.state(), Path(d) / contract.STATE_FILE)
+            if final:
+                # the best-validation student rides in the final Tune checkpoint, which Ray persists to the
+                # sweep's storage; the driver's MLflow logger logs it as the run's artifact from there
+                save_checkpoint(trainer.best_model(), Path(d) / contract.STUDENT_FILE, {
+                    "method": spec.method, "student_ratio": spec.student_ratio, "seed": spec.seed,
+                    "teacher": os.path.basename(teacher_path), contract.SELECTION_METRIC: trainer.best_val,
+                    **{k: float(v) for k, v in metrics.items() if k != "epoch" and isinstance(v, int | float)},
+                })
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
     # a finished trial gives its GPU memory back at once (its actor process exits right after, and
     # nothing module-level holds a trial's tensors)

@@ -5,7 +5,8 @@ One :class:`DataSource` subclass per kind of data, registered in :data:`DATA_SOU
 (:meth:`DataSource.selected_by`); :func:`data_source` builds it. A source never reads audio in its
 constructor: :meth:`~DataSource.check` (no audio), :meth:`~DataSource.eval_sets` (valid/test, written
 to a cache first where they are simulated or extracted) and :meth:`~DataSource.build` (also the
-training set, per seed) do the work, so the sweep decides when.
+training set, per seed) do the work, so the sweep decides when. :meth:`~DataSource.scan` checks every
+audio file they will read (depth ``data.scan``) without writing anything, before any of that.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from kdlib.config.data import DataConfig
 from kdlib.data.root import resolve_data_root
+from kdlib.data.scan import ScanReport, check_depth
 from kdlib.errors import ConfigError
 from kdlib.registry import Registry
 
@@ -119,6 +121,34 @@ class DataSource:
         Raises:
             ConfigError: one line naming the key.
         """
+
+    def scan(self, depth: str | None = None) -> ScanReport:
+        """Pre-flight scan of every audio file this source will read (training, valid and test), run once
+        before any work starts, so a bad file stops the sweep with one line instead of a traceback inside a
+        trial. Reads only: it writes nothing (no cache, no extraction) and simulates nothing.
+
+        Per file (:func:`kdlib.data.scan.scan_audio`): readable, at ``data.sample_rate``, the expected channel
+        count, at least one sample; with ``depth="full"`` also every sample finite and the file not silent.
+        Sources also refuse too little material (e.g. less training speech than one segment). This default
+        checks nothing and says so in the report's ``notes``; the built-in sources override it.
+
+        Args:
+            depth: ``"full"``, ``"headers"`` or ``"off"``; None = ``data.scan`` (default ``"full"``).
+
+        Returns:
+            a :class:`~kdlib.data.scan.ScanReport`: files checked, their total duration (s), the time taken (s).
+
+        Raises:
+            DataError: one line naming the file (or folder) and what is wrong with it, and how to fix it.
+            ValueError: an unknown ``depth``.
+        """
+        depth = self._scan_depth(depth)
+        if depth == "off":
+            return ScanReport(depth=depth)
+        return ScanReport(depth=depth, notes=(f"the '{self.name}' data source has no pre-flight scan",))
+
+    def _scan_depth(self, depth: str | None) -> str:
+        return check_depth(self.data.scan if depth is None else depth)
 
     def eval_sets(self) -> tuple[EvalSet, EvalSet]:
         """The ``(valid, test)`` sets. The driver calls this before any trial starts, so data problems stop

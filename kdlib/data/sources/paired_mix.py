@@ -3,9 +3,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
+from pathlib import Path
+
 from kdlib.config.data import DataConfig, PairedConfig
 from kdlib.data.mixing import SpeechNoiseMixer
 from kdlib.data.paired import PairedCorpus
+from kdlib.data.scan import (
+    ScanReport,
+    check_noise_material,
+    check_speaker_folders,
+    check_speech_material,
+    scan_audio,
+    scan_pairs,
+)
 from kdlib.data.sources.base import DataSource, SweepData, register_data_source
 from kdlib.data.speech import list_noise, list_speech, speaker_matches
 from kdlib.errors import DataError
@@ -45,15 +57,61 @@ class PairedMixSource(DataSource):
         assert self.data.valid is not None and self.data.test is not None  # the schema refuses neither/both
         return self.split(self.data.valid), self.split(self.data.test)
 
-    def build(self, seed: int = 0) -> SweepData:
-        cfg = self.data
-        valid, test = self.eval_sets()
-        held_out = set(valid.speakers()) | set(test.speakers()) | set(cfg.train.exclude_speakers)
-        speech = list_speech(self.root, cfg.train.speech)
+    def _held_out(self, valid: PairedCorpus, test: PairedCorpus) -> set[str]:
+        return set(valid.speakers()) | set(test.speakers()) | set(self.data.train.exclude_speakers)
+
+    def train_speech(self, valid: PairedCorpus, test: PairedCorpus) -> tuple[list[str], list[Path]]:
+        """The training speakers (every ``data.train.speech`` folder with audio but the valid/test speakers
+        and ``data.train.exclude_speakers``) and their files, as :meth:`build` uses them (no audio read).
+
+        Raises:
+            DataError: the speech folder is missing or empty, or no training speaker is left.
+        """
+        held_out = self._held_out(valid, test)
+        speech = list_speech(self.root, self.data.train.speech)
         train_speakers = [s for s in speech if not any(speaker_matches(s, h) for h in held_out)]
         if not train_speakers:
             raise DataError("no training speaker left after excluding the validation/test speakers")
-        files = [f for s in train_speakers for f in speech[s]]
+        return train_speakers, [f for s in train_speakers for f in speech[s]]
+
+    def scan(self, depth: str | None = None) -> ScanReport:
+        """:meth:`DataSource.scan` of paired mixing, in this order: the valid/test corpora's pairing and headers
+        (:meth:`eval_sets`); the speaker folders of ``data.train.speech`` (one without audio directly in it is
+        refused, unless held out); every training speech file (mono, ``data.sample_rate``); at least one
+        training segment (``data.train.segment_seconds``) of speech in total; every ``data.train.noise`` file;
+        at least one noise file as long as a segment; then the noisy and clean files of the valid and test
+        sets (only their speakers and ``max_utterances``). Reads only; writes nothing.
+
+        Raises:
+            DataError: the first problem found, naming the file or folder (see :mod:`kdlib.data.scan`).
+            ValueError: an unknown ``depth``.
+        """
+        depth = self._scan_depth(depth)
+        if depth == "off":
+            return ScanReport(depth=depth)
+        t0 = time.perf_counter()
+        cfg, sr = self.data, self.data.sample_rate
+        valid, test = self.eval_sets()
+        speech_dir, noise_dir = self.root / cfg.train.speech, self.root / cfg.train.noise
+        _, files = self.train_speech(valid, test)
+        check_speaker_folders(speech_dir, self._held_out(valid, test))
+        speech = scan_audio(files, sample_rate=sr, kind="speech", depth=depth, where="data.train.speech")
+        check_speech_material(speech, cfg.train.segment_seconds, folder=speech_dir)
+        noise = scan_audio(list_noise(self.root, cfg.train.noise), sample_rate=sr, kind="noise", depth=depth,
+                           where="data.train.noise")
+        check_noise_material(noise, cfg.train.segment_seconds, folder=noise_dir)
+        report = speech + noise
+        for name, corpus in (("valid", valid), ("test", test)):
+            part = getattr(cfg, name)
+            report = report + scan_pairs([(p.noisy, p.clean) for p in corpus], sample_rate=sr, channels=1,
+                                         kind=name, depth=depth,
+                                         where=f"the corpus '{part.corpus}' (data.{name}.corpus)")
+        return dataclasses.replace(report, elapsed_s=time.perf_counter() - t0)
+
+    def build(self, seed: int = 0) -> SweepData:
+        cfg = self.data
+        valid, test = self.eval_sets()
+        train_speakers, files = self.train_speech(valid, test)
         mixer = SpeechNoiseMixer(
             files, list_noise(self.root, cfg.train.noise), sample_rate=cfg.sample_rate,
             segment_seconds=cfg.train.segment_seconds, snr_db=tuple(cfg.train.snr_db),

@@ -1,0 +1,139 @@
+"""Pre-flight: everything a sweep can get wrong that is found without training, checked once before
+Ray starts (``kdlib sweep run``, ``train-teacher``, ``sweep validate``), each fault one line.
+
+Order: the output folder can be written → the data sources' files are scanned (readable, sample
+rate, channels, finite, non-silent, enough material; ``data.scan``) and the valid/test sets are
+built → the MLflow tracking store answers and can be written. Plugins were imported (guarded) when
+the config was loaded. A refused sweep leaves no output folder, no MLflow store and no Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdlib.errors import ConfigError, KdlibError
+from kdlib.evaluation import resolve_pesq_mode
+from kdlib.sweep.plan import SweepPlan
+
+
+@dataclass
+class Preflight:
+    """What the pre-flight found: the test set's PESQ mode (``wb``/``nb``), the data scan's figures
+    (``None`` with ``data.scan: off``) and the MLflow client (the mode and the client are ``None`` when
+    ``tracking`` was off)."""
+
+    pesq_mode: str | None
+    scan: Any
+    client: Any = None
+
+
+def check_writable(path: Path, key: str = "output_dir") -> None:
+    """Refuse an output folder that cannot be created or written, creating nothing: the nearest existing
+    ancestor must be a folder that takes a (removed again) temporary file.
+
+    Raises:
+        ConfigError: one line naming ``key``, the path and the OS's reason.
+    """
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ConfigError(f"{key}: '{path}' cannot be created: '{probe}' is a file, not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".kdlib-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{key}: '{path}' cannot be written ({exc.strerror or exc} in '{probe}'): choose a "
+                          "writable folder with output_dir or $KDLIB_OUTPUT") from None
+
+
+def ray_address(plan: SweepPlan, address: str | None = None) -> tuple[str | None, str]:
+    """The Ray cluster a sweep connects to and where that came from: ``address`` (``--address``), else
+    ``ray.address``, else ``$RAY_ADDRESS``; ``(None, ...)`` or ``"local"`` start a fresh local instance."""
+    if address:
+        return address, "--address"
+    if plan.cfg.ray.address:
+        return plan.cfg.ray.address, "ray.address"
+    return os.environ.get("RAY_ADDRESS") or None, "$RAY_ADDRESS"
+
+
+def probe_ray_address(address: str, timeout_s: float, source: str = "ray.address") -> None:
+    """Open (and close) a TCP connection to a ``host:port`` / ``ray://host:port`` Ray address within
+    ``timeout_s`` seconds; other forms (``auto``) are left to Ray.
+
+    Raises:
+        KdlibError: nothing accepts the connection in time.
+    """
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc) or type(exc).__name__)
+        raise KdlibError(f"{source}: no Ray cluster answers at '{address[:200]}' within {timeout_s:g} s ({reason}): "
+                         "start it (ray start --head), fix the address, or raise ray.connect_timeout_s") from None
+
+
+def check_local_cpus(plan: SweepPlan) -> None:
+    """For a fresh local Ray instance the CPUs are known before it starts (``ray.num_cpus``, else this
+    machine's): refuse ``resources.cpu`` above them now, before the tracking store is created. A remote
+    cluster is checked after connecting (:func:`kdlib.sweep.session.check_resources`).
+
+    Raises:
+        ConfigError: ``resources.cpu`` > the local instance's CPUs (unless ``ray.check_resources: false``).
+    """
+    ray_cfg, ask = plan.cfg.ray, plan.cfg.resources.cpu
+    cpus = ray_cfg.num_cpus or os.cpu_count() or 1
+    if ray_cfg.check_resources and ask > cpus:
+        key = "ray.num_cpus" if ray_cfg.num_cpus else "this machine's CPU count"
+        raise ConfigError(f"resources.cpu: {ask:g} CPU per trial asked, but the local Ray instance has {cpus} "
+                          f"({key}): no trial could ever start; lower resources.cpu")
+
+
+def preflight(plan: SweepPlan, *, tracking: bool = True, address: str | None = None,
+              log: Callable[[str], Any] = print) -> Preflight:
+    """Run the pre-flight checks of ``plan`` (see the module docstring); nothing is trained.
+
+    Args:
+        tracking: also build the valid/test sets, probe the Ray address (see :func:`ray_address`) and
+            open the MLflow tracking store (creating an SQLite store); ``sweep validate`` and
+            ``train-teacher`` pass False: the scan creates nothing.
+        address: the ``--address`` of ``kdlib sweep resume``.
+
+    Raises:
+        ConfigError: output folder not writable. DataError: a data file or folder, named. KdlibError: no
+            Ray cluster answers at the address; the tracking store cannot be reached, created or written.
+    """
+    check_writable(plan.output, "output_dir" if not os.environ.get("KDLIB_OUTPUT") else "$KDLIB_OUTPUT")
+    source = plan.data_source()
+    depth = plan.cfg.data.scan
+    scan = None
+    if depth != "off":
+        scan = source.scan(depth)
+        log(f"[preflight] data: {scan.files} audio files, {scan.seconds / 60:.1f} min, {depth} scan in "
+            f"{scan.elapsed_s:.1f} s" + "".join(f"; {n}" for n in scan.notes))
+    pesq_mode, client = None, None
+    if tracking:
+        # builds the valid/test sets (simulated or extracted ones are written to their cache once)
+        _, test = source.eval_sets()
+        pesq_mode = resolve_pesq_mode(plan.cfg.data.test.pesq_mode, test)
+        from kdlib.sweep.tracking import client_for
+
+        target, source = ray_address(plan, address)
+        if target and target != "local":
+            probe_ray_address(target, plan.cfg.ray.connect_timeout_s, source)
+        else:
+            check_local_cpus(plan)
+
+        client = client_for(plan.tracking_uri)
+    return Preflight(pesq_mode, scan, client)
