@@ -280,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="PESQ/STOI/ESTOI/SI-SDR of a checkpoint on a paired corpus")
     ev.add_argument("checkpoint", help="checkpoint file, or an MLflow run: runs:/<run id>[/<artifact>]")
-    ev.add_argument("--tracking-uri", help="MLflow store of a runs:/ reference (default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db)")
+    ev.add_argument("--tracking-uri", help="MLflow store of a runs:/ reference (default: $MLFLOW_TRACKING_URI, else "
+                    "sqlite:///<$KDLIB_OUTPUT or runs>/mlflow.db)")
     ev.add_argument("--data", required=True, help="paired corpus folder (pairs.csv, VB+DEMAND or NOIZEUS layout)")
     ev.add_argument("--pesq-mode", choices=["auto", "wb", "nb"], default="auto",
                     help="auto: nb for narrowband (NOIZEUS) material, else wb")
@@ -297,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("input", help="audio file, or folder (searched recursively); a multi-channel model "
                                   "takes files with its own channel count")
     en.add_argument("output", help="output wav file, or folder (same relative layout)")
-    en.add_argument("--tracking-uri", help="MLflow store of a runs:/ reference (default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db)")
+    en.add_argument("--tracking-uri", help="MLflow store of a runs:/ reference (default: $MLFLOW_TRACKING_URI, else "
+                    "sqlite:///<$KDLIB_OUTPUT or runs>/mlflow.db)")
     en.add_argument("--device", type=_device, default="cpu", help="auto | cpu | cuda | cuda:N | mps")
     en.add_argument("--quiet", action="store_true", help="no progress bar")
     en.set_defaults(func=cmd_enhance)
@@ -305,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     prof = sub.add_parser("profile", help="params, MACs per second of audio and real-time factor of a model")
     prof.add_argument("model", help="checkpoint (.pt), runs:/<run id>, model YAML {name, kwargs} or sweep YAML "
                                     "(its teacher)")
-    prof.add_argument("--tracking-uri", help="MLflow store of a runs:/ reference (default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db)")
+    prof.add_argument("--tracking-uri", help="MLflow store of a runs:/ reference (default: $MLFLOW_TRACKING_URI, else "
+                    "sqlite:///<$KDLIB_OUTPUT or runs>/mlflow.db)")
     prof.add_argument("--ratios", type=_number(float, 0, low_open=True), nargs="*", default=[1.0],
                       help="also profile students at these fractions of the params (YAML input)")
     prof.add_argument("--seconds", type=_number(float, 0, low_open=True), default=4.0,

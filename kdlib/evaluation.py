@@ -38,6 +38,19 @@ def enhance(model: SEModel, noisy: np.ndarray, device: torch.device | str | None
     return out.float().cpu().numpy()
 
 
+def utterance_ids(corpus) -> list[str]:
+    """Stable ids of a valid/test set's utterances, in ``load(i)`` order: the noisy file's stem for a
+    :class:`~kdlib.data.PairedCorpus` (simulated array sets included), the scene id for L3DAS23, else the
+    index."""
+    ids = getattr(corpus, "ids", None)
+    if ids is not None and len(ids) == len(corpus):
+        return [str(i) for i in ids]
+    try:
+        return [str(corpus[i].utt_id) for i in range(len(corpus))]
+    except (AttributeError, TypeError, IndexError):
+        return [str(i) for i in range(len(corpus))]
+
+
 def resolve_pesq_mode(mode: str, corpus: PairedCorpus) -> str:
     """``auto`` → the corpus' hint (``nb`` for narrowband NOIZEUS material, else ``wb``)."""
     return corpus.pesq_mode_hint if mode == "auto" else mode

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -48,10 +49,15 @@ def _run(*sets: str) -> list[str]:
     return argv
 
 
-def _ray_started() -> bool:
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fail the test if anything calls ``ray.init`` (a refusal before work must not start Ray)."""
     import ray
 
-    return ray.is_initialized()
+    def refuse(*args, **kwargs):
+        raise AssertionError("ray.init was called")
+
+    monkeypatch.setattr(ray, "init", refuse)
 
 
 def _read_only_dir() -> Path | None:
@@ -67,29 +73,27 @@ def _read_only_dir() -> Path | None:
 
 
 # ---- Ray: unreachable address, resources the cluster cannot give ---------------------------------------
-def test_unreachable_ray_address_is_one_line_before_anything_is_created(capsys, out):
+def test_unreachable_ray_address_is_one_line_before_anything_is_created(capsys, out, no_ray):
     port = _free_port()
     err = _refused(capsys, out, _run(f"ray.address=127.0.0.1:{port}", "ray.connect_timeout_s=2"),
                    f"ray.address: no Ray cluster answers at '127.0.0.1:{port}' within 2 s", "ray.connect_timeout_s")
     assert "start it (ray start --head)" in err
-    assert not _ray_started()
 
 
-def test_unreachable_ray_address_env_is_named(capsys, out, monkeypatch):
+def test_unreachable_ray_address_env_is_named(capsys, out, monkeypatch, no_ray):
     port = _free_port()
     monkeypatch.setenv("RAY_ADDRESS", f"ray://127.0.0.1:{port}")
     _refused(capsys, out, _run("ray.connect_timeout_s=1"),
              f"$RAY_ADDRESS: no Ray cluster answers at 'ray://127.0.0.1:{port}' within 1 s")
 
 
-def test_resume_address_is_probed_and_named(out):
+def test_resume_address_is_probed_and_named(out, no_ray):
     from kdlib.sweep.session import init_ray
 
     plan = load_plan(QUICKSTART, smoke=True, overrides=["ray.connect_timeout_s=1"])
     port = _free_port()
     with pytest.raises(KdlibError, match=rf"^--address: no Ray cluster answers at '127.0.0.1:{port}' within 1 s"):
         init_ray(plan, f"127.0.0.1:{port}")
-    assert not _ray_started()
 
 
 @pytest.mark.parametrize("value,needle", [
@@ -101,10 +105,18 @@ def test_connect_timeout_is_validated(capsys, out, value, needle):
     _refused(capsys, out, argv, needle)
 
 
-def test_more_cpus_per_trial_than_the_local_instance_is_refused_before_anything(capsys, out):
+def test_more_cpus_per_trial_than_the_local_instance_is_refused_before_anything(capsys, out, no_ray):
     _refused(capsys, out, _run("resources.cpu=3", "ray.num_cpus=2"),
              "resources.cpu: 3 CPU per trial asked, but the local Ray instance has 2 (ray.num_cpus)")
-    assert not _ray_started()
+
+
+def test_ray_faults_come_before_simulated_data_is_written(capsys, out, no_ray, data_root):
+    """The array source simulates and caches its valid/test sets: a wrong Ray address must be reported
+    before that (and before the tracking store is created), so nothing is left behind."""
+    port = _free_port()
+    argv = ["sweep", "run", str(REPO / "sweeps" / "ftjnf_multichannel.yaml"), "--smoke-test", "--set",
+            f"ray.address=127.0.0.1:{port}", "--set", "ray.connect_timeout_s=1"]
+    _refused(capsys, out, argv, f"ray.address: no Ray cluster answers at '127.0.0.1:{port}'")
 
 
 def _nodes(*resources: dict) -> list[dict]:
@@ -120,6 +132,9 @@ def _nodes(*resources: dict) -> list[dict]:
     pytest.param(["resources.gpu=1"], _nodes({"CPU": 4.0, "GPU": 0.5}, {"CPU": 4.0, "GPU": 0.5}),
                  "resources.gpu: 1 GPU per trial asked, but no node of the Ray cluster has that many (largest node: "
                  "0.5, cluster total: 1 on 2 node(s))", id="gpu-split-over-nodes"),
+    pytest.param(["resources.cpu=8", "resources.gpu=1"], _nodes({"CPU": 8.0}, {"CPU": 2.0, "GPU": 1.0}),
+                 "resources: 8 CPU + 1 GPU per trial asked, but no node of the Ray cluster has both (nodes: "
+                 "2 CPU + 1 GPU, 8 CPU + 0 GPU)", id="cpu-and-gpu-on-different-nodes"),
 ])
 def test_resources_are_checked_against_the_connected_cluster(monkeypatch, sets, nodes, expected):
     import ray
@@ -145,7 +160,7 @@ def test_resources_that_fit_one_node_pass(monkeypatch):
 
 
 # ---- output folder and tracking store ---------------------------------------------------------------------
-def test_tracking_uri_that_is_a_directory_is_one_line(capsys, out, tmp_path):
+def test_tracking_uri_that_is_a_directory_is_one_line(capsys, out, tmp_path, no_ray):
     folder = tmp_path / "store.db"
     folder.mkdir()
     _refused(capsys, out, _run(f"mlflow.tracking_uri=sqlite:///{folder}"),
@@ -154,7 +169,7 @@ def test_tracking_uri_that_is_a_directory_is_one_line(capsys, out, tmp_path):
     assert list(folder.iterdir()) == []
 
 
-def test_unwritable_tracking_store_is_one_line(capsys, out):
+def test_unwritable_tracking_store_is_one_line(capsys, out, no_ray):
     read_only = _read_only_dir()
     if read_only is None:
         pytest.skip("no read-only folder on this machine")
@@ -163,7 +178,7 @@ def test_unwritable_tracking_store_is_one_line(capsys, out):
              f"MLflow tracking store 'sqlite:///{db}' cannot be written:", "choose a writable place")
 
 
-def test_unwritable_output_folder_is_one_line_and_creates_nothing(capsys, out, monkeypatch):
+def test_unwritable_output_folder_is_one_line_and_creates_nothing(capsys, out, monkeypatch, no_ray):
     read_only = _read_only_dir()
     if read_only is None:
         pytest.skip("no read-only folder on this machine")
@@ -227,7 +242,7 @@ def test_store_lock_times_out_with_one_line(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with FileLock(f"{tmp_path / 'mlflow.db'}.lock"):
-        with pytest.raises(KdlibError, match=r"another process holds '.*mlflow\.db\.lock' for more than 0\.2 s"):
+        with pytest.raises(KdlibError, match=r"another process has held '.*mlflow\.db\.lock' for more than 0\.2 s"):
             with store_lock(uri, timeout_s=0.2):
                 pass
 
@@ -240,7 +255,7 @@ def test_store_lock_times_out_with_one_line(tmp_path):
                               "must only define and register"),
     ("tests.plugins.no_such_module", "plugins: cannot import 'tests.plugins.no_such_module': No module named"),
 ])
-def test_a_plugin_that_raises_or_exits_is_one_line(capsys, out, plugin, expected):
+def test_a_plugin_that_raises_or_exits_is_one_line(capsys, out, no_ray, plugin, expected):
     for argv in (["sweep", "validate", str(QUICKSTART)], _run()):
         _refused(capsys, out, [*argv, "--set", f"plugins=[{plugin}]"], expected)
     assert plugin not in sys.modules
@@ -302,15 +317,14 @@ def _bad_noise_empty(root: Path) -> Path:
     (_bad_noise_8k, "has sample rate 8000 Hz but 16000 Hz is expected"),
     (_bad_noise_empty, "cannot be read (0 bytes: the file is empty)"),
 ])
-def test_bad_training_audio_is_named_before_ray_or_mlflow(capsys, out, tmp_path, monkeypatch, data_root, damage,
-                                                          needle):
+def test_bad_training_audio_is_named_before_ray_or_mlflow(capsys, out, tmp_path, monkeypatch, data_root, no_ray,
+                                                          damage, needle):
     root = _data_root(tmp_path, data_root)
     monkeypatch.setenv("KDLIB_DATA", str(root))
     bad = damage(root)
     for argv in (["sweep", "validate", str(QUICKSTART)], _run(), ["train-teacher", str(QUICKSTART), "--smoke-test"]):
         err = _refused(capsys, out, argv, f"'{bad}' {needle}")
         assert "data.train." in err
-    assert not _ray_started()
 
 
 def test_sweep_validate_reports_the_scan(capsys, out, data_root):
@@ -344,7 +358,7 @@ def test_profile_refuses_an_alias_bomb_in_one_line(capsys, out, tmp_path):
 
 
 
-def test_a_deleted_experiment_of_the_same_name_is_one_line(capsys, out, data_root):
+def test_a_deleted_experiment_of_the_same_name_is_one_line(capsys, out, data_root, no_ray):
     from mlflow.tracking import MlflowClient
 
     out.mkdir()
@@ -359,4 +373,57 @@ def test_a_deleted_experiment_of_the_same_name_is_one_line(capsys, out, data_roo
     err = err.splitlines()[-1]
     assert err == (f"kdlib: error: MLflow experiment 'quickstart-smoke' is deleted in sqlite:///{out / 'mlflow.db'}: "
                    "restore it (mlflow experiments restore) or set mlflow.experiment to a new name"), err
-    assert not _ray_started() and not (out / "ray").exists()
+    assert not (out / "ray").exists()
+
+
+# ---- students as MLflow artifacts ----------------------------------------------------------------------------
+def _student(folder: Path) -> Path:
+    from kdlib.models import build_model, save_checkpoint
+
+    return save_checkpoint(build_model("dpdcrn", {"channels": [4, 6], "rnn_hidden": 6, "n_dilated": 1,
+                                                  "n_dualpath": 1}), folder / "student.pt", {"seed": 0})
+
+
+def test_a_student_left_in_the_trial_folder_by_an_older_kdlib_is_still_logged(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from kdlib.sweep.tracking import log_student
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("x", artifact_location=(tmp_path / "art").as_uri())
+    run = client.create_run(exp).info.run_id
+    trial_dir = tmp_path / "trial"
+    trial_dir.mkdir()
+    _student(trial_dir)
+    location = log_student(client, run, SimpleNamespace(checkpoint=None, local_path=str(trial_dir)))
+    assert Path(location).is_file() and Path(location).is_relative_to(tmp_path / "art")
+    assert client.get_run(run).data.tags["kdlib.checkpoint"] == location
+    assert log_student(client, run, SimpleNamespace(checkpoint=None, local_path=str(tmp_path / "empty"))) is None
+
+
+def test_a_failed_upload_warns_and_never_ends_the_sweep(tmp_path, capsys):
+    from kdlib.sweep.tracking import log_student
+
+    class Refusing:
+        tags: dict = {}
+
+        def log_artifact(self, run_id, path):
+            raise OSError(28, "No space left on device")
+
+        def set_tag(self, run_id, key, value):
+            self.tags[key] = value
+
+    trial_dir = tmp_path / "trial"
+    trial_dir.mkdir()
+    student = _student(trial_dir)
+    client = Refusing()
+    assert log_student(client, "r1", SimpleNamespace(checkpoint=None, local_path=str(trial_dir))) == str(student)
+    assert client.tags["kdlib.checkpoint"] == str(student)
+    assert "warning: could not log student.pt of run r1 to MLflow (OSError" in capsys.readouterr().out
+
+
+def test_runs_ref_to_a_missing_store_creates_nothing(capsys, out, tmp_path):
+    store = tmp_path / "nowhere" / "mlflow.db"
+    _refused(capsys, out, ["eval", "runs:/0123abcd", "--data", str(tmp_path), "--tracking-uri", f"sqlite:///{store}"],
+             f"no MLflow store at 'sqlite:///{store}' ('{store}' does not exist)")
+    assert not store.parent.exists()

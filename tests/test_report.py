@@ -20,23 +20,29 @@ TEACHER_PARAMS = 1_000_000
 NOISY = {"noisy_pesq": 1.97, "noisy_stoi": 0.861, "noisy_estoi": 0.780, "noisy_si_sdr": 8.4}
 TEACHER_METRICS = {"test_pesq": 3.10, "test_stoi": 0.940, "test_estoi": 0.880, "test_si_sdr": 17.5}
 
-# (key, method, ratio, seed, pesq, stoi, calibration). Params = ratio * teacher params.
-# PESQ front: output@0.04 seed 1 (2.45) and output@0.25 seed 0 (2.90).
-# STOI front: self_similarity@0.04 (0.885) and self_similarity@0.25 (0.920).
+# (key, method, ratio, seed, test pesq, stoi, calibration, valid pesq). Params = ratio * teacher params;
+# valid STOI = test STOI.
+# Per-run test fronts (pareto_front on trials): PESQ output@0.04 seed 1 (2.55) and output@0.25 seed 0 (2.90);
+# STOI self_similarity@0.04 (0.885) and self_similarity@0.25 (0.920).
+# The report's fronts are of grid cells chosen on validation: PESQ self_similarity@0.04 (valid 2.50, although
+# output@0.04 is better on test: 2.45 vs 2.40) and output@0.25 (valid 2.85); STOI as on test.
 TRIALS = [
-    ("none_25_0", "none", 0.25, 0, 2.60, 0.900, "off"),
-    ("none_25_1", "none", 0.25, 1, 2.70, 0.905, "off"),
-    ("out_25_0", "output", 0.25, 0, 2.90, 0.910, "off"),
-    ("ss_25_0", "self_similarity", 0.25, 0, 2.80, 0.920, "on"),
-    ("none_04_0", "none", 0.04, 0, 2.25, 0.870, "off"),
-    ("out_04_0", "output", 0.04, 0, 2.35, 0.880, "off"),
-    ("out_04_1", "output", 0.04, 1, 2.45, 0.875, "off"),
-    ("ss_04_0", "self_similarity", 0.04, 0, 2.40, 0.885, "on"),
+    ("none_25_0", "none", 0.25, 0, 2.60, 0.900, "off", 2.62),
+    ("none_25_1", "none", 0.25, 1, 2.70, 0.905, "off", 2.72),
+    ("out_25_0", "output", 0.25, 0, 2.90, 0.910, "off", 2.85),
+    ("ss_25_0", "self_similarity", 0.25, 0, 2.80, 0.920, "on", 2.70),
+    ("none_04_0", "none", 0.04, 0, 2.25, 0.870, "off", 2.20),
+    ("out_04_0", "output", 0.04, 0, 2.35, 0.880, "off", 2.30),
+    ("out_04_1", "output", 0.04, 1, 2.55, 0.875, "off", 2.32),
+    ("ss_04_0", "self_similarity", 0.04, 0, 2.40, 0.885, "on", 2.50),
 ]
 #: the quality columns of load_runs' frame, in the order of kdlib.metrics.specs.METRICS
 METRIC_ORDER = ["pesq", "stoi", "estoi", "si_sdr"]
 PESQ_FRONT = {"out_04_1", "out_25_0"}
 STOI_FRONT = {"ss_04_0", "ss_25_0"}
+#: the trials of the cells the report's fronts choose on validation
+PESQ_CELLS = {"ss_04_0", "out_25_0"}
+STOI_CELLS = {"ss_04_0", "ss_25_0"}
 
 
 @dataclass
@@ -119,7 +125,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
         client,
         old_trial,
         {**_common("output", 0.25), "seed": "0", "lr": "0.001", "kd_weight": "0.5"},
-        {"params": 250_000, "params_pct": 25.0, "test_pesq": 2.0, "test_stoi": 0.8},
+        {"params": 250_000, "params_pct": 25.0, "test_pesq": 2.0, "test_stoi": 0.8, "best_val_si_sdr": 7.5},
     )
     client.set_terminated(old_trial)
 
@@ -141,7 +147,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     )
     client.set_terminated(teacher)
     runs["teacher"] = teacher
-    for i, (key, method, ratio, seed, pesq, stoi, calib) in enumerate(TRIALS):
+    for i, (key, method, ratio, seed, pesq, stoi, calib, valid_pesq) in enumerate(TRIALS):
         rid = _child(client, exp_id, parent_new, "trial", key, 10_200 + i)
         params = {
             **_common(method, ratio),
@@ -159,6 +165,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
             "test_stoi": stoi,
             "test_estoi": stoi - 0.07,
             "test_si_sdr": 10.0 + 10 * (pesq - 2.0),
+            "valid_pesq": valid_pesq,
+            "valid_stoi": stoi,
         }
         _log(client, rid, params, metrics)
         history = [Metric("val_si_sdr", 5.0 + epoch, 0, epoch) for epoch in range(3)]
@@ -225,7 +233,8 @@ def test_load_runs_rows_columns_and_types(store: Store, runs_df: pd.DataFrame) -
     row = by_name.loc["out_04_1"]
     assert row["method"] == "output" and row["student_ratio"] == pytest.approx(0.04)
     assert row["seed"] == 1 and isinstance(row["seed"], (int, np.integer))
-    assert row["pesq"] == pytest.approx(2.45) and row["params"] == pytest.approx(40_000)
+    assert row["pesq"] == pytest.approx(2.55) and row["params"] == pytest.approx(40_000)
+    assert row["valid_pesq"] == pytest.approx(2.32) and row["valid_stoi"] == pytest.approx(0.875)
     assert row["kd_weight"] == pytest.approx(0.7) and row["lr"] == pytest.approx(5e-4)
     assert row["param.kd.calibration"] == "off" and row["param.model"] == "convtasnet_tiny"
     failed = by_name.loc["ss_04_1"]
@@ -365,21 +374,23 @@ def test_build_report_files_and_content(store: Store, runs_df: pd.DataFrame, tmp
         assert needle in text
     assert "(pareto.png)" in text and "(pareto_stoi.png)" in text
 
-    pesq_sec = text.split("## Non-dominated trials: PESQ")[1].split("## Non-dominated trials: STOI")[0]
-    stoi_sec = text.split("## Non-dominated trials: STOI")[1].split("## Per method")[0]
-    for key in PESQ_FRONT:
+    pesq_sec = text.split("## Non-dominated grid cells: PESQ")[1].split("## Non-dominated grid cells: STOI")[0]
+    stoi_sec = text.split("## Non-dominated grid cells: STOI")[1].split("## Per method")[0]
+    for key in PESQ_CELLS:
         assert store.runs[key] in pesq_sec
-    for key in STOI_FRONT:
+    for key in STOI_CELLS:
         assert store.runs[key] in stoi_sec
-    dominated = set(store.runs) - PESQ_FRONT - {"teacher", "failed"}
-    assert not any(store.runs[k] in pesq_sec for k in dominated)
+    # chosen on validation: output@0.04 has the better test PESQ (2.45 vs 2.40) but is not on the front
+    off_front = set(store.runs) - PESQ_CELLS - {"teacher", "failed"}
+    assert not any(store.runs[k] in pesq_sec for k in off_front)
+    assert "selected on: valid_pesq (mean)" in pesq_sec and "the test set chose nothing" in pesq_sec
 
-    # ΔPESQ vs mean none of the same ratio: out_25_0 = 2.90 - mean(2.60, 2.70) = +0.250,
-    # out_04_1 = 2.45 - 2.25 = +0.200.
+    # ΔPESQ (test) vs mean none of the same ratio: output@0.25 = 2.90 - mean(2.60, 2.70) = +0.250,
+    # self_similarity@0.04 = 2.40 - 2.25 = +0.150; one trial each, so no std
     row_25 = next(line for line in pesq_sec.splitlines() if store.runs["out_25_0"] in line)
-    row_04 = next(line for line in pesq_sec.splitlines() if store.runs["out_04_1"] in line)
-    assert "| +0.250 |" in row_25 and "| 2.900 |" in row_25
-    assert "| +0.200 |" in row_04 and "| 2.450 |" in row_04
+    row_04 = next(line for line in pesq_sec.splitlines() if store.runs["ss_04_0"] in line)
+    assert "| +0.250 |" in row_25 and "| 2.900 ± — |" in row_25 and "| 2.850 |" in row_25
+    assert "| +0.150 |" in row_04 and "| 2.400 ± — |" in row_04 and "| 2.500 |" in row_04
     # the ablation knob varies across trials, so it is a column; the constant model name is not
     assert "kd.calibration" in pesq_sec and "convtasnet_tiny" not in pesq_sec
     assert "kd.layers" not in text
@@ -400,8 +411,8 @@ def test_build_report_files_and_content(store: Store, runs_df: pd.DataFrame, tmp
 def test_build_report_delta_dash_without_baseline(runs_df: pd.DataFrame, tmp_path: Path) -> None:
     no_none_04 = runs_df[~((runs_df["method"] == "none") & (runs_df["student_ratio"] == 0.04))]
     text = build_report(no_none_04, tmp_path, title="t")["report"].read_text(encoding="utf-8")
-    pesq_sec = text.split("## Non-dominated trials: PESQ")[1].split("## Non-dominated trials: STOI")[0]
-    row_04 = next(line for line in pesq_sec.splitlines() if line.startswith("| output | 0.04 |"))
+    pesq_sec = text.split("## Non-dominated grid cells: PESQ")[1].split("## Non-dominated grid cells: STOI")[0]
+    row_04 = next(line for line in pesq_sec.splitlines() if line.startswith("| self_similarity | 0.04 |"))
     assert "| — |" in row_04
     assert "hash-new" in text  # provenance taken from df.attrs when not given
 
@@ -412,9 +423,11 @@ def test_build_report_hand_made_frame_excludes_unfinished(tmp_path: Path) -> Non
         {"run_id": "t", "role": "teacher", "status": "FINISHED", "method": "teacher", "params": 1e6,
          "pesq": 3.0, "stoi": 0.95, "noisy_pesq": 1.9, "noisy_stoi": 0.9},
         {"run_id": "kd-a", "role": "trial", "status": "FINISHED", "method": "output", "student_ratio": 0.1,
-         "seed": 2.0, "params": 1e5, "params_pct": 10.0, "pesq": 2.6, "stoi": 0.91},
+         "seed": 2.0, "params": 1e5, "params_pct": 10.0, "pesq": 2.6, "stoi": 0.91, "valid_pesq": 2.5,
+         "valid_stoi": 0.9},
         {"run_id": "kd-killed", "role": "trial", "status": "KILLED", "method": "output", "student_ratio": 0.1,
-         "seed": 3.0, "params": 1e5, "params_pct": 10.0, "pesq": 2.9, "stoi": 0.93},
+         "seed": 3.0, "params": 1e5, "params_pct": 10.0, "pesq": 2.9, "stoi": 0.93, "valid_pesq": 2.9,
+         "valid_stoi": 0.95},
     ]  # fmt: skip
     out = build_report(pd.DataFrame(rows), tmp_path, title="hand made", provenance={"pesq_mode": "nb"})
     assert set(out) == {"pareto", "pareto_stoi", "report"}
@@ -423,9 +436,21 @@ def test_build_report_hand_made_frame_excludes_unfinished(tmp_path: Path) -> Non
     assert "kd-a" in ranked and "kd-killed" not in ranked
     row = next(line for line in ranked.splitlines() if line.endswith("| kd-a |"))
     assert row.endswith("| — | kd-a |")  # no `none` student at ratio 0.1 -> ΔPESQ is a dash
-    assert row.startswith("| output | 0.1 | 2 |")  # seed logged as 2.0 is shown as an integer
+    assert row.startswith("| output | 0.1 | 1 |")  # one trial in the cell
     failed = text.split("## Failed or unfinished runs")[1]
-    assert "kd-killed" in failed and "KILLED" in failed
+    killed = next(line for line in failed.splitlines() if "kd-killed" in line)
+    assert "KILLED" in killed and "| 3 |" in killed  # seed logged as 3.0 is shown as an integer
+
+
+def test_no_front_is_chosen_without_validation_scores(tmp_path: Path) -> None:
+    """Trials that logged no validation score get no front (choosing it on test would not be fair)."""
+    rows = [
+        {"run_id": "kd-a", "role": "trial", "status": "FINISHED", "method": "output", "student_ratio": 0.1,
+         "seed": 0, "params": 1e5, "params_pct": 10.0, "pesq": 2.6, "stoi": 0.91},
+    ]  # fmt: skip
+    text = build_report(pd.DataFrame(rows), tmp_path, title="t")["report"].read_text(encoding="utf-8")
+    section = text.split("## Non-dominated grid cells: PESQ")[1].split("## Non-dominated grid cells: STOI")[0]
+    assert "No validation scores to choose on" in section and "kd-a" not in section
 
 
 def test_build_report_empty(tmp_path: Path) -> None:
@@ -505,7 +530,8 @@ def test_a_new_metric_becomes_mlflow_keys_and_report_columns(monkeypatch: pytest
     for i, (method, error) in enumerate((("none", 0.2), ("output", 0.1))):
         rid = _child(client, exp_id, parent, "trial", method, 1_200 + i)
         _log(client, rid, {**_common(method, 0.25), "seed": "0"},
-             {"params": 2.5e5, "params_pct": 25.0, "test_pesq": 2.5 + i, "test_stoi": 0.9, **scores("test_", error)})
+             {"params": 2.5e5, "params_pct": 25.0, "test_pesq": 2.5 + i, "test_stoi": 0.9, **scores("test_", error),
+              "valid_pesq": 2.4 + i, "valid_stoi": 0.9})
         client.set_terminated(rid)
 
     df = load_runs(uri, "toy")
@@ -520,7 +546,7 @@ def test_a_new_metric_becomes_mlflow_keys_and_report_columns(monkeypatch: pytest
     text = build_report(df, tmp_path / "rep", title="toy")["report"].read_text(encoding="utf-8")
     ref_sec = text.split("## Reference points")[1].split("## Non-dominated")[0]
     assert "| SI-SDR (dB) | MAE |" in ref_sec and "| 0.5000 |" in ref_sec and "| 0.0100 |" in ref_sec
-    pesq_sec = text.split("## Non-dominated trials: PESQ")[1].split("## Non-dominated trials: STOI")[0]
+    pesq_sec = text.split("## Non-dominated grid cells: PESQ")[1].split("## Non-dominated grid cells: STOI")[0]
     assert "| MAE | ΔPESQ vs none |" in pesq_sec and "| 0.1000 | +1.000 |" in pesq_sec
     summary = text.split("## Per method")[1].split("## Failed")[0]
     assert "| MAE | ΔPESQ vs none (mean) |" in summary and "| 0.2000 | +0.000 |" in summary

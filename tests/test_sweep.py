@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 import yaml
 
@@ -75,23 +76,34 @@ def test_per_epoch_history_is_in_mlflow(quickstart_smoke):
     assert [h.step for h in history] == [1]
 
 
-def test_report_front_rows_are_non_dominated(quickstart_smoke):
+def test_report_front_is_chosen_on_validation(quickstart_smoke):
+    """The front's cells are non-dominated in (mean validation PESQ ↑, params ↓), whatever their test scores."""
     _, out, runs = quickstart_smoke
     report_dir = out / "reports" / "quickstart-smoke"
     for name in ("pareto.png", "pareto_stoi.png", "report.md"):
         assert (report_dir / name).stat().st_size > 1000, name
     text = (report_dir / "report.md").read_text()
     trials = runs[runs["tags.kdlib.role"] == "trial"]
-    section = text.split("## Non-dominated trials: PESQ")[1].split("## ")[0]
-    front = [rid for rid in trials["run_id"] if rid in section]
+    assert trials["metrics.valid_pesq"].notna().all() and trials["metrics.valid_stoi"].notna().all()
+    section = text.split("## Non-dominated grid cells: PESQ")[1].split("## ")[0]
+    assert "selected on: valid_pesq (mean)" in section
+    cells = trials.groupby(["params.method", "params.student_ratio"]).agg(
+        valid=("metrics.valid_pesq", "mean"), params=("metrics.params", "mean"), ids=("run_id", list))
+    front = [key for key, c in cells.iterrows() if any(rid in section for rid in c["ids"])]
     assert front
-    pesq, params = trials["metrics.test_pesq"], trials["metrics.params"]
-    for rid in front:
-        me = trials["run_id"] == rid
-        p0, n0 = pesq[me].item(), params[me].item()
-        better_or_equal = (pesq >= p0) & (params <= n0)
-        strictly_better = (pesq > p0) | (params < n0)
-        assert not (better_or_equal & strictly_better & ~me).any(), f"{rid} is dominated"
+    for key in front:
+        v0, n0 = cells.loc[key, "valid"], cells.loc[key, "params"]
+        at_least = (cells["valid"] >= v0) & (cells["params"] <= n0)
+        dominated = at_least & ((cells["valid"] > v0) | (cells["params"] < n0))
+        assert not dominated.any(), f"{key} is dominated on validation"
+    assert "## Significance against `none`" in text and "## Teacher quality" in text
+    # the report sits in MLflow next to the runs, and the experiment opens as a model-training one
+    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    parent = runs.loc[runs["tags.kdlib.role"] == "sweep", "run_id"].item()
+    logged = {a.path for a in client.list_artifacts(parent, "report")}
+    assert {"report/report.md", "report/pareto.png", "report/pareto_stoi.png"} <= logged
+    exp = client.get_experiment_by_name("quickstart-smoke")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 @pytest.mark.parametrize("reference", ["tag", "run"])
@@ -105,7 +117,7 @@ def test_eval_of_a_trial_checkpoint_reproduces_its_logged_test_metrics(quickstar
     checkpoint = Path(trial["tags.kdlib.checkpoint"])
     assert checkpoint.is_file() and checkpoint.is_relative_to(out / "mlartifacts"), checkpoint
     client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    assert [a.path for a in client.list_artifacts(trial["run_id"])] == ["student.pt"]
+    assert sorted(a.path for a in client.list_artifacts(trial["run_id"])) == ["student.pt", "test_scores.csv"]
     target = str(checkpoint) if reference == "tag" else f"runs:/{trial['run_id']}"
     capsys.readouterr()
     code = main(["eval", target, "--data", str(data_root / "vb_demand"), "--speakers", "p232",
@@ -125,11 +137,17 @@ def test_every_model_run_holds_its_checkpoint_and_runs_refs_are_checked(quicksta
     client = mlflow.MlflowClient(uri)
     for _, run in runs[runs["tags.kdlib.role"] != "sweep"].iterrows():
         names = [a.path for a in client.list_artifacts(run["run_id"])]
-        assert len(names) == 1 and names[0].endswith(".pt"), names
+        models = [n for n in names if n.endswith(".pt")]
+        assert len(models) == 1 and "test_scores.csv" in names, names
         meta = read_checkpoint(run["tags.kdlib.checkpoint"])["meta"]
         if run["tags.kdlib.role"] == "trial":  # the student carries its complexity and the scores it got
-            for key in ("params", "macs", "test_pesq", "val_si_sdr"):
+            for key in ("params", "macs", "test_pesq"):
                 assert meta[key] == pytest.approx(run[f"metrics.{key}"]), key
+            assert meta["val_si_sdr"] == pytest.approx(run["metrics.best_val_si_sdr"])  # the saved epoch's
+            scores = pd.read_csv(client.download_artifacts(run["run_id"], "test_scores.csv", str(out)))
+            assert len(scores) == 2 and scores["pesq"].mean() == pytest.approx(run["metrics.test_pesq"])
+        else:  # the teacher keeps its own and the noisy input's per-utterance scores
+            assert "noisy_scores.csv" in names
     parent = runs.loc[runs["tags.kdlib.role"] == "sweep", "run_id"].item()
     for ref, needle in ((f"runs:/{parent}", "holds no model artifact"), ("runs:/0123abcd", "no MLflow run '0123abcd'")):
         capsys.readouterr()

@@ -4,6 +4,7 @@ sources, see :mod:`kdlib.data.sources`)."""
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Any, Literal
 
 from pydantic import (
@@ -234,6 +235,10 @@ class DataConfig(_Strict):
 
     root: str | None = None
     sample_rate: Literal[8000, 16000] = 16000
+    #: seed of the training mixtures, the same for every trial of a sweep (paired design: a KD student and
+    #: its ``none`` twin see the same mixtures epoch by epoch; the trial seed decides initialisation and
+    #: batch order). Not part of the dump (or hashes) while it is 0, the seed every sweep used before
+    seed: int = Field(0, ge=0)
     train: MixConfig = Field(default_factory=MixConfig)
     array: ArrayConfig | None = None
     l3das23: L3DAS23Config | None = None
@@ -274,6 +279,24 @@ class DataConfig(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _disjoint_valid_test(self) -> DataConfig:
+        # model selection on validation means nothing when validation holds test material
+        if self.array is not None or self.l3das23 is not None or self.valid is None or self.test is None:
+            return self
+        if PurePosixPath(self.valid.corpus.strip("/")) != PurePosixPath(self.test.corpus.strip("/")):
+            return self
+        valid, test = self.valid.speakers, self.test.speakers
+        if valid is None or test is None:
+            which = "data.valid" if valid is None else "data.test"
+            raise ValueError(f"data.valid and data.test both read corpus '{self.test.corpus}' and {which} takes all of "
+                             "its speakers: give both disjoint speaker lists (e.g. valid [p257], test [p232])")
+        shared = sorted(set(valid) & set(test))
+        if shared:
+            raise ValueError(f"data.valid and data.test share speaker(s) {shared} of corpus '{self.test.corpus}': "
+                             "validation (model selection) must not see the test speakers")
+        return self
+
+    @model_validator(mode="after")
     def _array_splits(self) -> DataConfig:
         # so every reader of data.valid/test (labels, PESQ mode) works alike in every mode
         if self.array is not None:
@@ -301,4 +324,6 @@ class DataConfig(_Strict):
         # ... and as before the scan knob existed, while it keeps its default
         if isinstance(out, dict) and out.get("scan") == "full":
             del out["scan"]
+        if isinstance(out, dict) and out.get("seed") == 0:
+            del out["seed"]
         return out

@@ -7,7 +7,6 @@ model. Checks that build models, KD methods or read data are the plan's (:mod:`k
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from typing import Annotated, Any, Literal
@@ -22,6 +21,7 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from kdlib.config.base import Strict as _Strict
 from kdlib.config.data import DataConfig
@@ -57,11 +57,19 @@ class TeacherConfig(_Strict):
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
 
 
+#: a fixed λ: a finite number >= 0
+_KD_WEIGHT = TypeAdapter(Annotated[float, Field(ge=0)], config=ConfigDict(allow_inf_nan=False))
+
+
 class TrainingConfig(_Strict):
     epochs: int = Field(4, ge=1)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-3, gt=0)
-    kd_weight: float = Field(1.0, ge=0)
+    #: λ on the KD loss, or "auto": per trial, λ = kd_balance · ‖∇task‖ / ‖∇KD‖ measured on the student at
+    #: initialisation over the first kd_calibration_batches batches (balanced KD weights across methods)
+    kd_weight: float | str = 1.0
+    kd_balance: float = Field(1.0, gt=0)
+    kd_calibration_batches: int = Field(2, ge=1, le=64)
     grad_clip: float = Field(5.0, gt=0)
     #: joint: task + λ·KD every epoch; two_step: λ·KD only for ``kd_only_epochs``, then task loss only
     #: (Nathoo et al., arXiv 2309.08144). Searchable as ``search.grid.schedule``.
@@ -72,6 +80,17 @@ class TrainingConfig(_Strict):
     #: same-size tolerance of the size builder (±, relative)
     size_tolerance: float = Field(0.10, gt=0, lt=1)
 
+
+    @field_validator("kd_weight", mode="before")
+    @classmethod
+    def _kd_weight(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
+        try:
+            return _KD_WEIGHT.validate_python(v)
+        except ValidationError as exc:  # pydantic's own message, as for any other number
+            err = exc.errors(include_url=False)[0]
+            raise PydanticCustomError(err["type"], err["msg"]) from None
 
     @field_validator("device")
     @classmethod
@@ -383,21 +402,12 @@ def _check_searched_floats(search: SearchConfig) -> None:
             values = d.choice if d.choice is not None else list(d.uniform or d.loguniform or d.int or ())
         if where is None:
             continue
-        adapter = _training_value(key)
         for value in values:
             try:
-                adapter.validate_python(value)
+                TrainingConfig.model_validate({key: value})
             except ValidationError as exc:
                 err = exc.errors(include_url=False)[0]
                 raise ValueError(f"{where}: {err['msg']} (got {_short(value)})") from None
-
-
-@functools.cache
-def _training_value(key: str) -> TypeAdapter:
-    """A validator of one value with the type and constraints of ``TrainingConfig.<key>`` (finite)."""
-    field = TrainingConfig.model_fields[key]
-    return TypeAdapter(Annotated[field.annotation, *field.metadata],
-                       config=ConfigDict(allow_inf_nan=False))
 
 
 def _count(n: int) -> str:

@@ -5,7 +5,7 @@ sweep's MLflow keys and the report's columns follow. Imports neither torch, Ray 
 works on tensors it is given).
 """
 
-from kdlib.metrics.evaluate import MetricSummary, evaluate_pairs, score_utterance
+from kdlib.metrics.evaluate import MetricSummary, evaluate_pairs, score_utterance, write_score_rows
 from kdlib.metrics.scores import (
     PESQ_MODES,
     MetricWarning,
@@ -28,6 +28,7 @@ __all__ = [
     "check_pesq_mode",
     "evaluate_pairs",
     "metric_keys",
+    "write_score_rows",
     "pesq_score",
     "score_utterance",
     "si_sdr",

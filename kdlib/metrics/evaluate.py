@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ from kdlib.errors import ConfigError, DataError, KdlibError
 from kdlib.metrics import specs
 from kdlib.metrics.scores import MetricWarning, _check_pair, _check_sample_rate, check_pesq_mode
 
-__all__ = ["MetricSummary", "evaluate_pairs", "score_utterance"]
+__all__ = ["MetricSummary", "evaluate_pairs", "score_utterance", "write_score_rows"]
 
 # Start method of the worker processes (measured on the 2-core CPU machine, busy with other jobs at the
 # time, pool of 2 workers, median of 5 pool start-ups; the parent had numpy/scipy/pesq/pystoi imported):
@@ -80,6 +81,25 @@ class MetricSummary:
     per_utterance: list[dict[str, float | None]] = field(default_factory=list)
     count: int = 0
 
+    def rows(self, ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """One row per utterance for a per-utterance table (CSV): ``utterance`` (``ids[i]``, else the
+        index), each metric's score (``None`` when it could not score) and ``<metric>_missing`` (0/1).
+
+        Raises:
+            ValueError: ``ids`` is not one id per utterance.
+        """
+        if ids is not None and len(ids) != len(self.per_utterance):
+            raise ValueError(f"{len(ids)} utterance ids for {len(self.per_utterance)} utterances")
+        out = []
+        for i, scores in enumerate(self.per_utterance):
+            row: dict[str, Any] = {"utterance": ids[i] if ids is not None else str(i)}
+            for name in self.means:
+                value = scores.get(name)
+                row[name] = value
+                row[f"{name}{specs.MISSING_SUFFIX}"] = int(value is None)
+            out.append(row)
+        return out
+
     def as_flat_dict(self, prefix: str = "") -> dict[str, float]:
         """``{prefix+name: mean, prefix+name+"_missing": missing count}`` for every metric (for logging).
 
@@ -91,6 +111,18 @@ class MetricSummary:
             flat[f"{prefix}{name}"] = mean
             flat[f"{prefix}{name}{specs.MISSING_SUFFIX}"] = self.missing[name]
         return flat
+
+
+def write_score_rows(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]]) -> Path:
+    """Write per-utterance rows (:meth:`MetricSummary.rows`) as CSV, ``None`` as an empty cell; returns the path."""
+    import csv
+
+    path = Path(path)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["utterance"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
 
 
 def _check_metrics(metrics: Sequence[str] | None) -> tuple[specs.MetricSpec, ...]:

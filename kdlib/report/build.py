@@ -17,6 +17,8 @@ from kdlib.report.front import FRONT_METRICS, PRIMARY_METRIC, select_rows
 from kdlib.report.markdown import report_lines
 from kdlib.report.plots import method_styles, plot_file, plot_front
 from kdlib.report.runs import load_runs, param_column
+from kdlib.report.significance import load_scores, significance_table, teacher_gate
+from kdlib.sweep.contract import ROLE_TEACHER, ROLE_TRIAL
 
 
 def build_report(
@@ -24,6 +26,7 @@ def build_report(
     out_dir: str | Path,
     title: str,
     provenance: dict[str, Any] | None = None,
+    scores: dict[str, pd.DataFrame] | None = None,
 ) -> dict[str, Path]:
     """Write the Pareto plots and the markdown report of one sweep.
 
@@ -37,6 +40,9 @@ def build_report(
         provenance: key -> value shown in the provenance block (experiment, parent_run_id,
             config_hash, git_commit, sample_rate, pesq_mode, test_set, ...). ``None`` uses
             ``df.attrs["provenance"]`` when present (set by ``load_runs``).
+        scores: run id → per-utterance test scores (``utterance`` + one column per metric, as the trials
+            log them in ``test_scores.csv``); with them the report gets its significance table
+            (:func:`kdlib.report.significance.significance_table`). None: no such section.
 
     Returns:
         ``{"pareto": <out_dir>/pareto.png, "pareto_stoi": <out_dir>/pareto_stoi.png,
@@ -61,15 +67,20 @@ def build_report(
     for spec in fronts:
         name = plot_file(spec.name, PRIMARY_METRIC)
         if not rows.finished.empty and plot_front(
-            rows.finished, spec, prov.get("pesq_mode"), styles, rows.teacher, out / name, title
+            rows.finished, spec, prov.get("pesq_mode"), styles, rows.teacher, out / name, title, rows.extras
         ):
             paths[Path(name).stem] = out / name
             plotted.append((spec, name))
         else:
             (out / name).unlink(missing_ok=True)  # never leave a stale plot from an earlier report
 
+    table = gate = None
+    if scores is not None and not rows.finished.empty:
+        table = significance_table(rows.finished, scores, rows.extras, FRONT_METRICS)
+        gate = teacher_gate(rows.teacher, rows.finished, scores)
     report = out / "report.md"
-    report.write_text("\n".join(report_lines(title, prov, rows, fronts, plotted)).rstrip() + "\n", encoding="utf-8")
+    text = "\n".join(report_lines(title, prov, rows, fronts, plotted, table, gate)).rstrip() + "\n"
+    report.write_text(text, encoding="utf-8")
     paths["report"] = report
     return paths
 
@@ -96,11 +107,14 @@ def write_report(
     """
     df = load_runs(tracking_uri, experiment, parent_run_id)
     provenance = dict(df.attrs.get("provenance", {}))
+    scored = df[df["role"].isin([ROLE_TRIAL, ROLE_TEACHER]) & (df["status"] == "FINISHED")] if "role" in df \
+        else df.iloc[:0]
+    scores = load_scores(tracking_uri, scored["run_id"].astype(str).tolist())
     title = f"KD Pareto report: {experiment}"
     column = param_column("teacher")  # the grid dimension of a sweep with ``teachers:``
     teachers = sorted(df[column].dropna().astype(str).unique()) if column in df else []
     if len(teachers) <= 1:
-        return build_report(df, out_dir, title=title, provenance=provenance)
+        return build_report(df, out_dir, title=title, provenance=provenance, scores=scores)
     # several teachers (``teachers:``): student sizes are fractions of different models, so one
     # front per teacher, each against its own teacher and noisy reference
     out = Path(out_dir)
@@ -108,7 +122,8 @@ def write_report(
     lines = [f"# {title}", "", "One report per teacher:", ""]
     for name in teachers:
         sub = df[df[column].astype(str) == name].copy()
-        written = build_report(sub, out / name, title=f"{title} (teacher {name})", provenance=provenance)
+        written = build_report(sub, out / name, title=f"{title} (teacher {name})", provenance=provenance,
+                               scores=scores)
         paths.update({f"{name}/{key}": path for key, path in written.items()})
         lines.append(f"- [{name}]({name}/report.md)")
     index = out / "report.md"

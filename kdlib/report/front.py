@@ -21,7 +21,8 @@ import pandas as pd
 from paretoset import paretoset
 
 from kdlib.errors import KdlibError
-from kdlib.report.runs import CORE_PARAMS, metric_columns
+from kdlib.metrics import specs
+from kdlib.report.runs import BEST_VALID, CORE_PARAMS, metric_columns, valid_column
 from kdlib.sweep.contract import ROLE_TEACHER, ROLE_TRIAL, TEACHER_METHOD
 
 BASELINE_METHOD = "none"
@@ -179,3 +180,50 @@ def select_rows(df: pd.DataFrame) -> ReportRows:
         means = _baseline_means(finished, metric)
         finished[delta_column(metric)] = finished[metric] - ratio_keys.map(means).astype(float)
     return ReportRows(teacher, trials, finished, unfinished, _varying_params(trials))
+
+
+def selection_column(finished: pd.DataFrame, metric: str) -> str | None:
+    """The validation column the front of ``metric`` is chosen on: ``valid_<metric>`` when every finished trial
+    logged it, else ``best_val_si_sdr`` (runs from before kdlib scored the validation set), else None."""
+    for col in (valid_column(metric), BEST_VALID):
+        if col in finished and len(finished) and np.isfinite(finished[col].astype(float)).all():
+            return col
+    return None
+
+
+def cell_front(finished: pd.DataFrame, metric: str, extras: list[str]) -> pd.DataFrame:
+    """Grid cells (method, student ratio, varying knobs) with their seed means, and which of them are on
+    the Pareto front chosen on **validation**: non-dominated in (mean :func:`selection_column` ↑, mean
+    params ↓). Test numbers are only reported for what was chosen; picking single seeds by their test
+    score would favour high-variance methods and select on the test set.
+
+    Args:
+        finished: finished trials (:class:`ReportRows` ``finished``: ``_x`` and the delta columns included).
+        metric: the quality metric of the front (``pesq``, ``stoi``).
+        extras: ``param.<name>`` columns that tell cells apart.
+
+    Returns:
+        one row per cell: ``method``, ``student_ratio``, the extras, ``n`` (trials), ``params``, ``_x``,
+        ``macs``, ``select`` (mean validation score), ``selected_on`` (its column), the test mean of every
+        metric of the table, ``<metric>_std`` (std over the cell's trials), the mean delta column of ``metric``,
+        ``run_ids`` and ``on_front``; sorted by params. Empty when nothing can be selected on.
+    """
+    column = selection_column(finished, metric)
+    if column is None or finished.empty:
+        return pd.DataFrame()
+    keys = ["method", "_ratio", *extras]
+    grouped = finished.assign(_ratio=finished["student_ratio"].map(ratio_key)).groupby(keys, dropna=False, sort=False)
+    rows = []
+    for key, g in grouped:
+        rows.append({
+            "method": key[0], "student_ratio": key[1], **dict(zip(extras, key[2:], strict=True)), "n": len(g),
+            "params": g["params"].mean(), "_x": g["_x"].mean(), "macs": g["macs"].mean(),
+            "select": g[column].astype(float).mean(), "selected_on": column,
+            **{m.name: g[m.name].mean() for m in specs.METRICS if m.name in g},
+            f"{metric}_std": g[metric].std(ddof=1) if len(g) > 1 else 0.0,
+            delta_column(metric): g[delta_column(metric)].mean(),
+            "run_ids": ",".join(g["run_id"].astype(str)),
+        })
+    cells = pd.DataFrame(rows)
+    cells["on_front"] = pareto_front(cells, "select", cost="params")
+    return cells.sort_values(["params", "select"], ascending=[True, False]).reset_index(drop=True)

@@ -20,13 +20,14 @@ from kdlib.report.front import (
     FINISHED,
     PRIMARY_METRIC,
     ReportRows,
+    cell_front,
     delta_column,
     isnum,
-    pareto_front,
     ratio_key,
 )
-from kdlib.report.runs import noisy_column
-from kdlib.sweep.contract import TEST_PREFIX
+from kdlib.report.runs import missing_column, noisy_column
+from kdlib.report.significance import GATE_WARNING, significance_note
+from kdlib.sweep.contract import TEST_PREFIX, VALID_PREFIX
 
 #: Provenance keys shown first, with their labels; any other key follows in sorted order.
 _PROVENANCE_LABELS = {
@@ -145,55 +146,63 @@ def _reference_lines(teacher: pd.Series | None) -> list[str]:
 
 
 def _front_lines(finished: pd.DataFrame, spec: MetricSpec, extras: list[str]) -> list[str]:
-    """Table of the trials non-dominated in (``spec`` up, params down), smallest first.
-
-    Columns: the compact metrics, then the delta of the primary metric and (if another) of ``spec``.
-    """
+    """Table of the grid cells non-dominated in (mean validation score up, params down), chosen on
+    validation only; their test scores (mean ± std over the cell's trials) are reported, smallest first."""
     metric = spec.name
-    mask = pareto_front(finished, metric, cost="params")
-    fr = finished[mask].sort_values(["params", metric], ascending=[True, False])
-    if fr.empty:
-        return [f"No finished trial has both a {spec.label} score and a parameter count.", ""]
+    cells = cell_front(finished, metric, extras)
+    if cells.empty:
+        return [f"No validation scores to choose on (neither `{VALID_PREFIX}{metric}` nor `best_val_si_sdr` was "
+                "logged by every finished trial): no front is drawn, since choosing on the test set would not be "
+                "a fair comparison.", ""]
+    fr = cells[cells["on_front"]]
     shown = [m for m in specs.METRICS if m.compact]
-    deltas = [specs.metric(n) for n in dict.fromkeys((PRIMARY_METRIC, metric))]
+    column = str(cells["selected_on"].iloc[0])
+    chosen = f"`{column}`" + (" (validation SI-SDR, dB)" if column == "best_val_si_sdr" else "")
     header = [
         "method",
         "student_ratio",
         *[c[len("param.") :] for c in extras],
-        "seed",
-        "lr",
-        "kd_weight",
+        "trials",
         _cost_label("params"),
         "params %",
         _cost_label("macs"),
-        *[m.column_label for m in shown],
-        *[_delta_label(m) for m in deltas],
-        "run_id",
+        f"selected on: {column} (mean)",
+        *[f"{m.column_label} (mean ± std)" if m.name == metric else m.column_label for m in shown],
+        _delta_label(spec),
+        "run_ids",
     ]
     rows = []
     for _, r in fr.iterrows():
+        std = _fmt(r[f"{metric}_std"], spec.fmt) if r["n"] > 1 else _DASH
         rows.append(
             [
                 _fmt_text(r["method"]),
                 _fmt_ratio(r["student_ratio"]),
                 *[_fmt_text(r[c]) for c in extras],
-                _fmt_text(r["seed"]),
-                _fmt(r["lr"], ".3g"),
-                _fmt(r["kd_weight"], ".3g"),
+                str(int(r["n"])),
                 _fmt_count(r["params"]),
                 _fmt(r["_x"], ".2f"),
                 _fmt_macs(r["macs"]),
-                *[_fmt(r[m.name], m.fmt) for m in shown],
-                *[_fmt(r[delta_column(m.name)], "+" + m.fmt) for m in deltas],
-                _fmt_text(r["run_id"]),
+                _fmt(r["select"], ".3f"),
+                *[f"{_fmt(r[metric], spec.fmt)} ± {std}" if m.name == metric else _fmt(r.get(m.name), m.fmt)
+                  for m in shown],
+                _fmt(r[delta_column(metric)], "+" + spec.fmt),
+                _fmt_text(r["run_ids"]),
             ]
         )
-    return [*_md_table(header, rows), ""]
+    note = (f"Cells (method × student size × varying knobs, seeds pooled) non-dominated in mean {chosen} ↑ and "
+            "params ↓; the test set chose nothing: the quality columns are the chosen cells' test means.")
+    return [note, "", *_md_table(header, rows), ""]
 
 
-def _summary_lines(finished: pd.DataFrame, extras: list[str]) -> list[str]:
+#: intelligibility metrics whose change against the unprocessed input the summary shows
+VS_INPUT = ("stoi", "estoi")
+
+
+def _summary_lines(finished: pd.DataFrame, extras: list[str], teacher: pd.Series | None = None) -> list[str]:
     primary = specs.metric(PRIMARY_METRIC)
     keys = ["method", "_ratio", *extras]
+    noisy = {n: teacher.get(noisy_column(n)) if teacher is not None else None for n in VS_INPUT}
     header = [
         "method",
         "student_ratio",
@@ -203,7 +212,10 @@ def _summary_lines(finished: pd.DataFrame, extras: list[str]) -> list[str]:
         _cost_label("macs"),
         *[m.column_label for m in specs.METRICS],
         f"{_delta_label(primary)} (mean)",
+        *[f"Δ{specs.metric(n).label} vs input" for n in VS_INPUT],
+        "unscored",
     ]
+    missing_cols = [missing_column(m.name) for m in specs.METRICS if missing_column(m.name) in finished]
     rows = []
     grouped = finished.assign(_ratio=finished["student_ratio"].map(ratio_key)).groupby(keys, dropna=False, sort=False)
     order = sorted(
@@ -222,9 +234,62 @@ def _summary_lines(finished: pd.DataFrame, extras: list[str]) -> list[str]:
                 _fmt_macs(g["macs"].mean()),
                 *[_mean_std(g[m.name], m.fmt) for m in specs.METRICS],
                 _fmt(g[delta_column(primary.name)].mean(), "+" + primary.fmt),
+                *[_fmt(g[n].mean() - float(noisy[n]) if isnum(noisy[n]) else None, "+" + specs.metric(n).fmt)
+                  for n in VS_INPUT],
+                _unscored(g, missing_cols),
             ]
         )
-    return [*_md_table(header, rows), ""]
+    return [*_md_table(header, rows), "", "`unscored`: test utterances a metric could not score, summed over the "
+            "cell's trials and metrics (left out of the means; ⚠ flags a cell whose means rest on fewer utterances).",
+            ""]
+
+
+def _unscored(cell: pd.DataFrame, columns: list[str]) -> str:
+    values = cell[columns].to_numpy(dtype=float) if columns else np.zeros((0,))
+    if not np.isfinite(values).any():
+        return _DASH
+    total = int(np.nansum(values))
+    return f"{total} ⚠" if total else "0"
+
+
+def _verdict(value: Any) -> bool | None:
+    """A gate cell as True / False / None (untested), whatever dtype the frame gave it."""
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) else bool(value)
+
+
+def _gate_lines(gate: pd.DataFrame) -> list[str]:
+    lines = ["## Teacher quality", "",
+             f"The teacher against the `{BASELINE_METHOD}` students (trained alone) of each size: PESQ margins on "
+             "validation and test, and a two-sided Wilcoxon signed-rank test over test utterances (teacher minus "
+             "the students' per-utterance mean). KD can only pass on what the teacher does better.", ""]
+    rows = []
+    for _, r in gate.iterrows():
+        rows.append([_fmt_ratio(r["student_ratio"]), str(r["students"]), _fmt(r["valid_margin"], "+.3f"),
+                     _fmt(r["test_margin"], "+.3f"), _fmt(r["p"], ".2g"), str(r["utterances"]),
+                     {True: "yes", False: f"no: {GATE_WARNING}"}.get(_verdict(r["ok"]),
+                                                                      "untested (no per-utterance teacher scores)")])
+    header = ["student_ratio", f"{BASELINE_METHOD} students", "PESQ margin (valid)", "PESQ margin (test)", "p",
+              "utterances", "clearly better"]
+    return [*lines, *_md_table(header, rows), ""]
+
+
+def _significance_lines(table: pd.DataFrame) -> list[str]:
+    if table.empty:
+        return [f"No KD trial has a finished `{BASELINE_METHOD}` twin with per-utterance scores to compare.", ""]
+    header = ["method", "student_ratio", "knobs", "metric", "Δ (mean ± std over seeds)", "95 % interval", "p",
+              "p (Holm)", "seeds", "utterances", "missing", "verdict"]
+    rows = []
+    for _, r in table.iterrows():
+        spec = specs.metric(r["metric"])
+        flag = " ⚠" if r["missing"] else ""
+        rows.append([
+            _fmt_text(r["method"]), _fmt_ratio(r["student_ratio"]), _fmt_text(r["knobs"]) if r["knobs"] else _DASH,
+            spec.label, f"{_fmt(r['delta'], '+' + spec.fmt)} ± {_fmt(r['delta_std'], spec.fmt)}",
+            f"[{_fmt(r['ci_low'], '+' + spec.fmt)}, {_fmt(r['ci_high'], '+' + spec.fmt)}]",
+            _fmt(r["p"], ".2g"), _fmt(r["p_holm"], ".2g"), str(r["seeds"]), str(r["utterances"]),
+            f"{r['missing']}{flag}", r["verdict"],
+        ])
+    return [*_md_table(header, rows), "", significance_note(), ""]
 
 
 def _failed_lines(unfinished: pd.DataFrame) -> list[str]:
@@ -260,6 +325,8 @@ def report_lines(
     rows: ReportRows,
     fronts: Sequence[MetricSpec],
     plots: Sequence[tuple[MetricSpec, str]],
+    significance: pd.DataFrame | None = None,
+    gate: pd.DataFrame | None = None,
 ) -> list[str]:
     """The lines of ``report.md``.
 
@@ -269,6 +336,8 @@ def report_lines(
         rows: the runs, split by :func:`kdlib.report.front.select_rows`.
         fronts: metrics that get a table of non-dominated trials, in order (primary first).
         plots: (metric, file name relative to ``report.md``) of each plot written, in order.
+        significance: :func:`kdlib.report.significance.significance_table` (None: no such section).
+        gate: :func:`kdlib.report.significance.teacher_gate` (None: no such section).
     """
     finished = rows.finished
     lines = [f"# {title}", "", "## Provenance", ""]
@@ -283,11 +352,19 @@ def report_lines(
         "",
     ]
     lines += _reference_lines(rows.teacher)
+    if gate is not None and not gate.empty:
+        lines += _gate_lines(gate)
+        flagged = gate["ok"].map(lambda v: _verdict(v) is False)
+        if flagged.any():
+            bad = ", ".join(_fmt_ratio(r) for r in gate.loc[flagged, "student_ratio"])
+            # prominent: right under the title
+            lines[1:1] = ["", f"> ⚠ **{GATE_WARNING}**: it is not significantly better than the `{BASELINE_METHOD}` "
+                              f"students at student_ratio {bad} (see Teacher quality)."]
     if finished.empty:
         lines += ["## Results", "", "No finished trials: nothing to plot or rank yet.", ""]
     else:
         for spec in fronts:
-            lines += [f"## Non-dominated trials: {spec.label} ↑ vs params ↓", ""]
+            lines += [f"## Non-dominated grid cells: {spec.label} ↑ vs params ↓ (chosen on validation)", ""]
             if spec.name == PRIMARY_METRIC:  # the deltas are explained once, above the first table
                 lines += [
                     f"Δ{spec.label} is against the mean `{BASELINE_METHOD}` student (trained alone) of the same "
@@ -296,7 +373,12 @@ def report_lines(
                 ]
             lines += _front_lines(finished, spec, rows.extras)
         lines += ["## Per method and student size (mean ± std across seeds)", ""]
-        lines += _summary_lines(finished, rows.extras)
+        lines += _summary_lines(finished, rows.extras, rows.teacher)
+        if significance is not None:
+            test_set = prov.get("test_set")
+            lines += [f"## Significance against `{BASELINE_METHOD}`" + (f" (test set {test_set})" if test_set else ""),
+                      ""]
+            lines += _significance_lines(significance)
     lines += ["## Failed or unfinished runs", ""]
     lines += _failed_lines(rows.unfinished)
     if plots:

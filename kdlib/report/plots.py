@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from kdlib.metrics.specs import MetricSpec
-from kdlib.report.front import BASELINE_METHOD, isnum, pareto_front
+from kdlib.report.front import BASELINE_METHOD, cell_front, isnum
 from kdlib.report.runs import noisy_column
 
 _BASE_TICKS = (4.0, 10.0, 25.0, 50.0, 100.0)
@@ -68,6 +68,7 @@ def plot_front(
     teacher: pd.Series | None,
     path: Path,
     title: str,
+    extras: list[str] | None = None,
 ) -> bool:
     """Draw metric ``spec`` against params (% of teacher, log x) for the finished trials in ``data``.
 
@@ -80,6 +81,8 @@ def plot_front(
         teacher: teacher run (its score is a star and a dotted line; its ``noisy_<name>`` a dashed line).
         path: PNG file to write.
         title: first title line.
+        extras: knob columns that tell grid cells apart (the front is one of cells, chosen on validation:
+            :func:`kdlib.report.front.cell_front`).
 
     Returns:
         False (and writes nothing) when no trial has a finite metric, ``params`` and ``_x``; else True.
@@ -97,7 +100,11 @@ def plot_front(
     pts = data[np.isfinite(data[metric]) & np.isfinite(data["params"]) & np.isfinite(data["_x"])]
     if pts.empty:
         return False
-    front = pareto_front(pts, metric, cost="params")
+    # the front is chosen on validation, per grid cell (seeds pooled); the test scores of its cells are drawn
+    cells = cell_front(pts, metric, extras or [])
+    chosen = cells[cells["on_front"]] if not cells.empty else cells
+    front_ids = {rid for ids in chosen.get("run_ids", []) for rid in str(ids).split(",")}
+    front = pts["run_id"].astype(str).isin(front_ids) if "run_id" in pts else pd.Series(False, index=pts.index)
 
     fig = Figure(figsize=(9.5, 5.6), dpi=150)
     FigureCanvasAgg(fig)
@@ -152,30 +159,29 @@ def plot_front(
                     markeredgecolor=color,
                     markeredgewidth=1.3,
                     markersize=8,
-                    label=f"{method}: student alone, no KD (hollow when dominated)",
+                    label=f"{method}: student alone, no KD (hollow when off the front)",
                 )
             )
         else:
             handles.append(Line2D([], [], linestyle="none", marker=marker, color=color, markersize=8, label=method))
 
-    fr = pts[front].sort_values(["_x", metric])
-    step_x, step_y = fr["_x"].tolist(), fr[metric].tolist()
-    if float(pts["_x"].max()) > step_x[-1]:  # the best quality stays attainable up to the largest student
-        step_x.append(float(pts["_x"].max()))
-        step_y.append(step_y[-1])
-    ax.step(step_x, step_y, where="post", color="black", linewidth=1.4, zorder=3)
-    handles.append(
-        Line2D(
-            [],
-            [],
-            color="black",
-            linewidth=1.4,
-            marker="o",
-            markerfacecolor="white",
-            markeredgecolor="black",
-            label="Pareto front (non-dominated, black edge)",
+    if not chosen.empty:
+        fr = chosen.sort_values(["_x", metric])
+        ax.errorbar(fr["_x"], fr[metric], yerr=fr[f"{metric}_std"].fillna(0.0), fmt="D", color="black",
+                    markerfacecolor="white", markersize=6, capsize=3, linewidth=1.2, zorder=4.5)
+        ax.plot(fr["_x"], fr[metric], color="black", linewidth=1.2, linestyle="-", zorder=3)
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color="black",
+                linewidth=1.2,
+                marker="D",
+                markerfacecolor="white",
+                markeredgecolor="black",
+                label="front chosen on validation: cell test mean ± std (its trials: black edge)",
+            )
         )
-    )
     handles.append(
         Line2D(
             [],
@@ -184,7 +190,7 @@ def plot_front(
             marker="o",
             color="black",
             alpha=0.3,
-            label="dominated KD trials (faint)",
+            label="KD trials off the front (faint)",
         )
     )
 

@@ -33,6 +33,7 @@ from kdlib.sweep.contract import (
     ROLE_TEACHER,
     ROLE_TRIAL,
     TEST_PREFIX,
+    VALID_PREFIX,
 )
 
 #: Params turned into typed first-class columns; every other param becomes ``param.<name>``.
@@ -60,12 +61,33 @@ def metric_columns() -> dict[str, str]:
 
     The complexity metrics keep their key (``params``, ``macs``, ``params_pct``, ``kd_extra_params``), then per
     metric of :data:`kdlib.metrics.specs.METRICS` (read at call time) its test score ``<name>`` <- ``test_<name>``,
-    then per metric the noisy input's score ``noisy_<name>`` <- ``noisy_<name>``.
+    then per metric the noisy input's score ``noisy_<name>`` <- ``noisy_<name>``, the validation score
+    ``valid_<name>`` <- ``valid_<name>``, the count of test utterances it could not score ``<name>_missing``
+    <- ``test_<name>_missing``, and ``best_val_si_sdr``.
     """
     columns = {name: name for name in COMPLEXITY_METRICS}
     columns.update({m.name: f"{TEST_PREFIX}{m.name}" for m in specs.METRICS})
     columns.update({noisy_column(m.name): f"{NOISY_PREFIX}{m.name}" for m in specs.METRICS})
+    columns.update({valid_column(m.name): f"{VALID_PREFIX}{m.name}" for m in specs.METRICS})
+    columns.update({missing_column(m.name): f"{TEST_PREFIX}{m.name}{specs.MISSING_SUFFIX}" for m in specs.METRICS})
+    columns[BEST_VALID] = BEST_VALID
     return columns
+
+
+#: the λ a trial trained with (``training.kd_weight: auto`` calibrates it per trial)
+KD_WEIGHT_RESOLVED = "kd_weight_resolved"
+#: the best validation SI-SDR (dB) of a run: what the trial selected its epoch on
+BEST_VALID = "best_val_si_sdr"
+
+
+def missing_column(name: str) -> str:
+    """Column of the number of test utterances metric ``name`` could not score (``test_<name>_missing``)."""
+    return f"{name}{specs.MISSING_SUFFIX}"
+
+
+def valid_column(name: str) -> str:
+    """Column of the validation-set score of metric ``name`` (the best-validation model's ``valid_<name>``)."""
+    return f"{VALID_PREFIX}{name}"
 
 
 _ROLE_ORDER = {ROLE_TEACHER: 0, ROLE_TRIAL: 1}
@@ -136,6 +158,10 @@ def _normalize(children: pd.DataFrame) -> pd.DataFrame:
             out[name] = whole.astype("Int64")
     for col, key in metric_columns().items():
         out[col] = pd.to_numeric(_column(children, f"metrics.{key}"), errors="coerce").astype(float)
+    # kd_weight "auto": the λ each trial calibrated for itself
+    resolved = pd.to_numeric(_column(children, f"metrics.{KD_WEIGHT_RESOLVED}"), errors="coerce").astype(float)
+    out["kd_weight"] = out["kd_weight"].where(out["kd_weight"].notna(), resolved)
+    out["kd_weight_auto"] = _as_str(_column(children, "params.kd_weight")).eq("auto")
     extra = sorted(
         c[len("params.") :]
         for c in children.columns

@@ -14,6 +14,8 @@ from pathlib import Path
 from kdlib.errors import CheckpointError, first_line
 
 RUNS_PREFIX = "runs:/"
+#: file suffixes of model checkpoints among a run's artifacts
+MODEL_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
 @contextmanager
@@ -21,13 +23,15 @@ def model_file(ref: str | os.PathLike[str], tracking_uri: str | None = None) -> 
     """The local checkpoint file ``ref`` names, for the duration of the ``with`` block.
 
     Args:
-        ref: a checkpoint path, ``runs:/<run id>`` (the run's one ``.pt`` artifact at its root) or
+        ref: a checkpoint path, ``runs:/<run id>`` (the run's one ``.pt``/``.pth``/``.ckpt`` artifact at its
+            root) or
             ``runs:/<run id>/<artifact path>``.
         tracking_uri: the MLflow store holding the run (default: ``$MLFLOW_TRACKING_URI``, else
             ``sqlite:///<output>/mlflow.db``).
 
     Raises:
-        KdlibError: the tracking store cannot be reached. CheckpointError: no such run, the run holds
+        KdlibError: the tracking store does not exist or cannot be reached. CheckpointError: no such run,
+            the run holds
             no model artifact (a failed trial, or a run logged before kdlib logged models) or several.
     """
     text = str(ref)
@@ -43,16 +47,23 @@ def model_file(ref: str | os.PathLike[str], tracking_uri: str | None = None) -> 
     if not run_id:
         raise CheckpointError(f"'{text}': expected runs:/<run id> or runs:/<run id>/<artifact path>")
     uri = resolve_tracking_uri(tracking_uri)
-    client = client_for(uri)
+    client = client_for(uri, create=False)
     try:
         run = client.get_run(run_id)
-    except MlflowException:
-        raise CheckpointError(f"'{text}': no MLflow run '{run_id}' in {uri} (give --tracking-uri for another store)") \
-            from None
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise CheckpointError(f"'{text}': no MLflow run '{run_id}' in {uri} (give --tracking-uri for another "
+                                  "store)") from None
+        raise CheckpointError(f"'{text}': MLflow cannot read run '{run_id}' in {uri}: {first_line(exc)}") from None
     if not artifact:
-        models = [a.path for a in client.list_artifacts(run_id) if not a.is_dir and a.path.endswith(".pt")]
+        try:
+            listed = client.list_artifacts(run_id)
+        except Exception as exc:  # noqa: BLE001 - the artifact store may fail in its own ways
+            raise CheckpointError(f"'{text}': cannot list the run's artifacts: {first_line(exc)}") from None
+        models = [a.path for a in listed if not a.is_dir and a.path.endswith(MODEL_SUFFIXES)]
         if len(models) != 1:
-            what = "no model artifact (a failed trial, or a run logged before kdlib logged models)" if not models \
+            what = ("no model artifact (a failed trial, a trial stopped early by the scheduler, or a run logged "
+                    "before kdlib logged models)") if not models \
                 else f"several model artifacts ({', '.join(models)}): name one as runs:/{run_id}/<artifact>"
             raise CheckpointError(f"'{text}': run '{run.info.run_name}' holds {what}")
         artifact = models[0]
@@ -60,7 +71,7 @@ def model_file(ref: str | os.PathLike[str], tracking_uri: str | None = None) -> 
     try:
         try:
             local = client.download_artifacts(run_id, artifact, folder)
-        except (MlflowException, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - MLflow, the artifact store or the disk
             first = first_line(exc)
             raise CheckpointError(f"'{text}': cannot download artifact '{artifact}': {first}") from None
         yield Path(local)

@@ -21,10 +21,14 @@ REPLACED = "kdlib.replaced"
 #: ``True``/``False`` on the parent run
 SMOKE_TEST = "kdlib.smoke_test"
 
-#: the best-validation student in a trial's directory
+#: the best-validation student, in a trial's final Ray Tune checkpoint and among its run's MLflow artifacts
 STUDENT_FILE = "student.pt"
 #: the trainer's resumable state inside a Ray Tune checkpoint
 STATE_FILE = "trainer_state.pt"
+#: per-utterance test scores (``utterance``, each metric, ``<metric>_missing``) of a trial's student, of a
+#: teacher, and (``NOISY_SCORES_FILE``) of the unprocessed input: MLflow artifacts the report's statistics read
+TEST_SCORES_FILE = "test_scores.csv"
+NOISY_SCORES_FILE = "noisy_scores.csv"
 
 #: metric that Tune, ASHA, Optuna and "best epoch" select on (validation only, never test)
 SELECTION_METRIC = "val_si_sdr"
@@ -32,9 +36,11 @@ SELECTION_MODE = "max"
 #: reported every epoch by every trial; its history tells which epochs a run holds
 EPOCH_METRIC = SELECTION_METRIC
 
-#: metric-key prefixes: test-set scores of the model, and of the unprocessed noisy input
+#: metric-key prefixes: test-set scores of the model, of the unprocessed noisy input, and the validation-set
+#: scores of the best-validation model (what the report selects on)
 TEST_PREFIX = "test_"
 NOISY_PREFIX = "noisy_"
+VALID_PREFIX = "valid_"
 # the metric names after the prefixes, and the ``_missing`` count suffix, come from kdlib.metrics.specs
 
 #: complexity metrics logged on every teacher and trial run

@@ -1,10 +1,13 @@
 """Pre-flight: everything a sweep can get wrong that is found without training, checked once before
 Ray starts (``kdlib sweep run``, ``train-teacher``, ``sweep validate``), each fault one line.
 
-Order: the output folder can be written → the data sources' files are scanned (readable, sample
-rate, channels, finite, non-silent, enough material; ``data.scan``) and the valid/test sets are
-built → the MLflow tracking store answers and can be written. Plugins were imported (guarded) when
-the config was loaded. A refused sweep leaves no output folder, no MLflow store and no Ray.
+Order, cheap checks first: the output folder can be written → the Ray address answers (or the
+local instance has the CPUs a trial asks for) → an SQLite tracking store can be written → the data
+sources' files are scanned (readable, sample rate, channels, finite, non-silent, enough material;
+``data.scan``) → the tracking store is opened (created) and the experiment is not a deleted one →
+the valid/test sets are built (simulated or extracted ones are written to their cache). Plugins were
+imported (guarded) when the config was loaded. Every refusal up to the scan leaves no output folder,
+no MLflow store and no Ray.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdlib.errors import ConfigError, KdlibError
+from kdlib.errors import ConfigError, DataError, KdlibError
 from kdlib.evaluation import resolve_pesq_mode
 from kdlib.sweep.plan import SweepPlan
 
@@ -40,13 +43,11 @@ def check_writable(path: Path, key: str = "output_dir") -> None:
         ConfigError: one line naming ``key``, the path and the OS's reason.
     """
     probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise ConfigError(f"{key}: '{path}' cannot be created: '{probe}' is a file, not a folder")
     try:
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        if probe.exists() and not probe.is_dir():
+            raise ConfigError(f"{key}: '{path}' cannot be created: '{probe}' is a file, not a folder")
         with tempfile.NamedTemporaryFile(dir=probe, prefix=".kdlib-probe-"):
             pass
     except OSError as exc:
@@ -114,26 +115,34 @@ def preflight(plan: SweepPlan, *, tracking: bool = True, address: str | None = N
         ConfigError: output folder not writable. DataError: a data file or folder, named. KdlibError: no
             Ray cluster answers at the address; the tracking store cannot be reached, created or written.
     """
+    # cheap checks first, then the scan, then what creates files (the tracking store, simulated valid/test sets)
     check_writable(plan.output, "output_dir" if not os.environ.get("KDLIB_OUTPUT") else "$KDLIB_OUTPUT")
+    if tracking:
+        from kdlib.sweep.tracking import check_experiment, check_sqlite_store, client_for, sqlite_path
+
+        target, origin = ray_address(plan, address)
+        if target and target != "local":
+            probe_ray_address(target, plan.cfg.ray.connect_timeout_s, origin)
+        else:
+            check_local_cpus(plan)
+        store = sqlite_path(plan.tracking_uri)
+        if store is not None:
+            check_sqlite_store(plan.tracking_uri, store)
     source = plan.data_source()
     depth = plan.cfg.data.scan
     scan = None
     if depth != "off":
-        scan = source.scan(depth)
+        try:
+            scan = source.scan(depth)
+        except OSError as exc:  # e.g. a folder the user may not list
+            raise DataError(f"data: cannot read '{exc.filename}': {exc.strerror or exc}") from None
         log(f"[preflight] data: {scan.files} audio files, {scan.seconds / 60:.1f} min, {depth} scan in "
             f"{scan.elapsed_s:.1f} s" + "".join(f"; {n}" for n in scan.notes))
     pesq_mode, client = None, None
     if tracking:
+        client = client_for(plan.tracking_uri)
+        check_experiment(client, plan.tracking_uri, plan.experiment)
         # builds the valid/test sets (simulated or extracted ones are written to their cache once)
         _, test = source.eval_sets()
         pesq_mode = resolve_pesq_mode(plan.cfg.data.test.pesq_mode, test)
-        from kdlib.sweep.tracking import client_for
-
-        target, source = ray_address(plan, address)
-        if target and target != "local":
-            probe_ray_address(target, plan.cfg.ray.connect_timeout_s, source)
-        else:
-            check_local_cpus(plan)
-
-        client = client_for(plan.tracking_uri)
     return Preflight(pesq_mode, scan, client)

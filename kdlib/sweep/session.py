@@ -137,6 +137,13 @@ def check_resources(plan: SweepPlan) -> None:
         raise ConfigError(f"resources.{key}: {ask:g} {resource} per trial asked, but no node of the Ray cluster has "
                           f"that many (largest node: {largest:g}, cluster total: {total:g} on {len(nodes)} node(s)); "
                           f"lower resources.{key}, or set ray.check_resources: false for an autoscaling cluster")
+    # a trial's bundle lives on one node: enough CPUs on one node and enough GPUs on another is not enough
+    cpu, gpu = plan.cfg.resources.cpu, plan.cfg.resources.gpu
+    if gpu > 0 and not any(float(n.get("CPU", 0)) >= cpu and float(n.get("GPU", 0)) >= gpu for n in nodes):
+        shapes = ", ".join(sorted({f"{float(n.get('CPU', 0)):g} CPU + {float(n.get('GPU', 0)):g} GPU" for n in nodes}))
+        raise ConfigError(f"resources: {cpu:g} CPU + {gpu:g} GPU per trial asked, but no node of the Ray cluster has "
+                          f"both (nodes: {shapes}); lower resources.cpu or resources.gpu, or set "
+                          "ray.check_resources: false for an autoscaling cluster")
 
 
 def build_trainable(plan: SweepPlan, teacher_paths: dict[str, str]):
@@ -183,6 +190,9 @@ def finish_sweep(results, plan: SweepPlan, client, parent: str, report: bool, st
 
             paths = write_report(plan.tracking_uri, plan.experiment, plan.output / "reports" / plan.name,
                                  parent_run_id=parent)
+            from kdlib.sweep.tracking import log_report
+
+            log_report(client, parent, paths)
     return SweepOutcome(plan.experiment, parent, plan.tracking_uri, len(results), errored, paths,
                         time.perf_counter() - start, unfinished, experiment_dir, plan.smoke)
 

@@ -14,8 +14,9 @@ class TrialSpec:
 
     Attributes:
         method: registered KD method. student_ratio: fraction of the teacher's params in (0, 1].
-        seed: init seed (student weights, KD adapters) and training-mixture seed. lr: Adam learning
-        rate. kd_weight: λ on the KD loss.
+        seed: init seed (student weights, KD adapters) and batch-order seed (the training mixtures are the
+        sweep's ``data.seed``, the same for every trial). lr: Adam learning rate. kd_weight: λ on the KD
+        loss, or ``"auto"`` (calibrated per trial, see ``training.kd_balance``).
         kd: the method's kwargs (the YAML ``methods.<name>`` block, the variant, then searched ``kd.*``).
         variant / schedule / student / teacher: the named ablation, loss schedule, student spec and
         teacher (``teachers:`` key) of the cell, None where the sweep has no such dimension.
@@ -25,7 +26,7 @@ class TrialSpec:
     student_ratio: float
     seed: int = 0
     lr: float = 1e-3
-    kd_weight: float = 1.0
+    kd_weight: float | str = 1.0
     kd: dict[str, Any] = field(default_factory=dict)
     variant: str | None = None
     schedule: str = "joint"
@@ -43,7 +44,7 @@ class TrialSpec:
         return cls(
             method=config["method"], student_ratio=float(config["student_ratio"]),
             seed=int(config.get("seed", 0)), lr=float(config.get("lr", cfg.training.lr)),
-            kd_weight=float(config.get("kd_weight", cfg.training.kd_weight)), kd=kd, variant=variant,
+            kd_weight=_kd_weight(config.get("kd_weight", cfg.training.kd_weight)), kd=kd, variant=variant,
             schedule=str(config.get("schedule", cfg.training.schedule)), student=config.get("student"),
             teacher=config.get("teacher"),
         )
@@ -53,3 +54,8 @@ class TrialSpec:
         tags = (self.teacher, self.student, self.variant, None if self.schedule == "joint" else self.schedule)
         extra = "".join(f" {v}" for v in tags if v)
         return f"{self.method}{extra} r={self.student_ratio:g} seed={self.seed}"
+
+
+def _kd_weight(value: Any) -> float | str:
+    """A searched or configured λ: a number, or ``"auto"``."""
+    return "auto" if value == "auto" else float(value)

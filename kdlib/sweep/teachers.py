@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from kdlib.data.sources import SweepData
-from kdlib.evaluation import evaluate_noisy, resolve_pesq_mode
+from kdlib.evaluation import evaluate_noisy, resolve_pesq_mode, utterance_ids
 from kdlib.kd import build_kd_method
 from kdlib.losses import task_loss_for
 from kdlib.models import build_model, load_model, save_checkpoint
@@ -21,7 +21,8 @@ from kdlib.sweep.plan import SweepPlan
 from kdlib.train import Trainer, TrainSettings, resolve_device
 from kdlib.train.trainer import Log
 
-#: the teacher's own seed (initialisation and training mixtures)
+#: the teacher's own seed (initialisation; its training mixtures are the sweep's ``data.seed``, like every
+#: trial's, and its batches keep the dataset order)
 TEACHER_SEED = 0
 
 
@@ -31,8 +32,9 @@ def train_teacher(plan: SweepPlan, path: str | Path | None = None, data: SweepDa
 
     ``name`` picks one of the sweep's ``teachers:`` (None: the single ``teacher:``). The checkpoint's
     ``meta`` holds the teacher's params, MACs per second of audio, validation SI-SDR (dB), test
-    PESQ/STOI/ESTOI/SI-SDR and the noisy input's scores on the same test set, so the sweep logs the
-    teacher and noisy reference points without evaluating again.
+    PESQ/STOI/ESTOI/SI-SDR and the noisy input's scores on the same test set (means, and per utterance
+    under ``test_scores`` / ``noisy_scores``), so the sweep logs the teacher and noisy reference points
+    without evaluating again.
 
     Returns:
         the ``meta`` dict written.
@@ -45,7 +47,7 @@ def train_teacher(plan: SweepPlan, path: str | Path | None = None, data: SweepDa
     path = Path(path or teacher_plan.path)
     device = resolve_device(plan.cfg.training.device)
     torch.set_num_threads(teacher.threads)
-    data = data or plan.data_source().build(seed=TEACHER_SEED)
+    data = data or plan.data_source().build(seed=plan.cfg.data.seed)
     torch.manual_seed(TEACHER_SEED)
     model = build_model(teacher.model.name, teacher.model.kwargs).to(device)
     settings = TrainSettings(epochs=teacher.epochs, batch_size=teacher.batch_size, lr=teacher.lr,
@@ -59,9 +61,13 @@ def train_teacher(plan: SweepPlan, path: str | Path | None = None, data: SweepDa
     start = time.perf_counter()
     history = trainer.fit()
     workers = eval_workers or teacher.threads
-    test = trainer.test(num_workers=workers).as_flat_dict(contract.TEST_PREFIX)
+    valid = trainer.valid_scores(num_workers=workers).as_flat_dict(contract.VALID_PREFIX)
+    test_summary = trainer.test(num_workers=workers)
+    test = test_summary.as_flat_dict(contract.TEST_PREFIX)
     mode = resolve_pesq_mode(plan.cfg.data.test.pesq_mode, data.test)
-    noisy = evaluate_noisy(data.test, mode, num_workers=workers).as_flat_dict(contract.NOISY_PREFIX)
+    noisy_summary = evaluate_noisy(data.test, mode, num_workers=workers)
+    noisy = noisy_summary.as_flat_dict(contract.NOISY_PREFIX)
+    ids = utterance_ids(data.test)
     meta = {
         "role": contract.ROLE_TEACHER, "teacher_hash": teacher_plan.hash, "sweep": plan.name, "pesq_mode": mode,
         "teacher_name": teacher_plan.key, "model": teacher.model.name,
@@ -70,7 +76,9 @@ def train_teacher(plan: SweepPlan, path: str | Path | None = None, data: SweepDa
         "audio_seconds_per_second": sum(h["audio_seconds_per_second"] for h in history) / len(history),
         contract.SELECTION_METRIC: trainer.best_val,
         "history": [{k: float(v) for k, v in h.items()} for h in history],
-        **{k: float(v) for k, v in figures.items()}, **test, **noisy,
+        **{k: float(v) for k, v in figures.items()}, **valid, **test, **noisy,
+        # per-utterance rows, logged as the teacher run's CSV artifacts (the report's statistics read them)
+        "test_scores": test_summary.rows(ids), "noisy_scores": noisy_summary.rows(ids),
     }
     save_checkpoint(trainer.best_model(), path, meta)
     log(f"[teacher] saved {path}: test PESQ {test.get('test_pesq', float('nan')):.3f} "

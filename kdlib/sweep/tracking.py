@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,11 @@ from ray.tune.logger import LoggerCallback
 
 from kdlib.config import KD_KNOB_PREFIX
 from kdlib.errors import KdlibError, first_line
+from kdlib.metrics import write_score_rows
 from kdlib.sweep.contract import (
     CHECKPOINT,
     EPOCH_METRIC,
+    NOISY_SCORES_FILE,
     PARENT,
     ROLE,
     ROLE_SWEEP,
@@ -32,9 +34,13 @@ from kdlib.sweep.contract import (
     SMOKE_TEST,
     STUDENT_FILE,
     TEACHER_METHOD,
+    TEST_SCORES_FILE,
     TRIAL_ID,
 )
 from kdlib.sweep.plan import SweepPlan
+
+#: MLflow's experiment-kind tag: a model-training experiment opens in the UI's runs view, not its GenAI mode
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 # Ray bookkeeping keys that are not model metrics
 _SKIP = {"timestamp", "pid", "time_this_iter_s", "time_total_s", "time_since_restore", "iterations_since_restore",
@@ -74,23 +80,44 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
 
 
-def _check_sqlite_store(uri: str, path: Path) -> None:
-    """One line for an SQLite store that cannot be a writable file (MLflow would retry for ~100 s)."""
-    if path.is_dir():
-        raise KdlibError(f"MLflow tracking store '{uri}': '{path}' is a directory, not an SQLite file; "
-                         f"name a file in it, e.g. sqlite:///{path / 'mlflow.db'}")
+def check_sqlite_store(uri: str, path: Path) -> None:
+    """One line for an SQLite store that cannot be a writable file (MLflow would retry for ~100 s).
+    Creates nothing: a missing store is probed in the nearest folder that exists.
+
+    Raises:
+        KdlibError: the path is a directory, lies below a regular file, or cannot be written.
+    """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise KdlibError(f"MLflow tracking store '{uri}': '{path}' is a directory, not an SQLite file; "
+                             f"name a file in it, e.g. sqlite:///{path / 'mlflow.db'}")
         if path.exists():
             with path.open("r+b"):
                 pass
-        else:
-            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".kdlib-probe-"):
-                pass
+            return
+        probe = path.parent
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        if not probe.is_dir():
+            raise KdlibError(f"MLflow tracking store '{uri}' cannot be created: '{probe}' is a file, not a folder")
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".kdlib-probe-"):
+            pass
     except OSError as exc:
         raise KdlibError(f"MLflow tracking store '{uri}' cannot be written: {exc.strerror or exc} "
                          f"('{exc.filename or path}'); choose a writable place with mlflow.tracking_uri or "
                          "$MLFLOW_TRACKING_URI") from None
+
+
+def check_experiment(client, uri: str, experiment: str) -> None:
+    """Refuse a sweep whose MLflow experiment name belongs to a deleted experiment (MLflow keeps the name).
+
+    Raises:
+        KdlibError: one line saying how to restore it or pick another name.
+    """
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None and exp.lifecycle_stage == "deleted":
+        raise KdlibError(f"MLflow experiment '{experiment}' is deleted in {uri}: restore it "
+                         "(mlflow experiments restore) or set mlflow.experiment to a new name")
 
 
 @contextmanager
@@ -113,27 +140,39 @@ def store_lock(uri: str, timeout_s: float = 300.0) -> Iterator[None]:
         with FileLock(f"{path}.lock", timeout=timeout_s):
             yield
     except Timeout:
-        raise KdlibError(f"MLflow tracking store '{uri}': another process holds '{path}.lock' for more than "
-                         f"{timeout_s:g} s; remove the file if no sweep is starting") from None
+        raise KdlibError(f"MLflow tracking store '{uri}': another process has held '{path}.lock' for more than "
+                         f"{timeout_s:g} s (a sweep starting on the same store, or a stuck one: "
+                         f"see `fuser {path}.lock`)") from None
 
 
-def client_for(uri: str):
-    """An ``MlflowClient`` for a tracking URI, checked to answer before any work. An SQLite store is
-    checked to be a writable file first, and created under :func:`store_lock`.
+def client_for(uri: str, *, create: bool = True):
+    """An ``MlflowClient`` for a tracking URI, checked to answer before any work. With ``create`` an
+    SQLite store is checked to be a writable file first and created under :func:`store_lock`; without
+    it (reading runs: ``kdlib eval runs:/...``) a missing SQLite file is refused and nothing is written,
+    so a read-only or archived store can be read.
 
     Raises:
-        KdlibError: the tracking server or store cannot be reached, created or written.
+        KdlibError: the tracking server or store cannot be reached, created or written (or, without
+            ``create``, the SQLite file does not exist).
     """
     from mlflow.tracking import MlflowClient
 
     path = sqlite_path(uri)
-    if path is not None:
-        _check_sqlite_store(uri, path)
+    if path is not None and create:
+        check_sqlite_store(uri, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise KdlibError(f"MLflow tracking store '{uri}' cannot be written: {exc.strerror or exc} "
+                             f"('{exc.filename or path.parent}')") from None
+    elif path is not None and not path.is_file():
+        raise KdlibError(f"no MLflow store at '{uri}' ('{path}' does not exist): give --tracking-uri, or set "
+                         "$MLFLOW_TRACKING_URI / $KDLIB_OUTPUT to the sweep's")
     try:
         # the client's store is built (an SQLite store created and migrated) in its constructor: lock both.
         # A client, not mlflow.set_tracking_uri: that also writes MLFLOW_TRACKING_URI into os.environ,
         # which would silently redirect every later sweep of this process to this store
-        with _fail_fast_http(), store_lock(uri):
+        with _fail_fast_http(), store_lock(uri) if create else nullcontext():
             client = MlflowClient(uri)
             client.search_experiments(max_results=1)
     except KdlibError:
@@ -153,15 +192,19 @@ def experiment_id(client, plan: SweepPlan) -> str:
     from mlflow.exceptions import MlflowException
 
     with store_lock(plan.tracking_uri):
+        check_experiment(client, plan.tracking_uri, plan.experiment)
         exp = client.get_experiment_by_name(plan.experiment)
-        if exp is not None and exp.lifecycle_stage == "deleted":
-            raise KdlibError(f"MLflow experiment '{plan.experiment}' is deleted in {plan.tracking_uri}: restore it "
-                             "(mlflow experiments restore) or set mlflow.experiment to a new name")
         if exp is not None:
+            if EXPERIMENT_KIND not in exp.tags:
+                client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
             return exp.experiment_id
         try:
-            return client.create_experiment(plan.experiment,
-                                            artifact_location=(plan.output / "mlartifacts").as_uri())
+            # a local store keeps its artifacts next to it (never in the CWD); a tracking server chooses its own
+            # artifact store, so models logged to it reach every machine that reads the server
+            local = plan.tracking_uri.startswith(("sqlite:", "file:", "/"))
+            return client.create_experiment(
+                plan.experiment, artifact_location=(plan.output / "mlartifacts").as_uri() if local else None,
+                tags={EXPERIMENT_KIND: MODEL_TRAINING})
         except MlflowException as exc:
             exp = client.get_experiment_by_name(plan.experiment)  # created meanwhile by another store client
             if exp is not None:
@@ -191,6 +234,7 @@ def start_parent_run(client, plan: SweepPlan, exp_id: str, pesq_mode: str) -> st
                             tags={ROLE: ROLE_SWEEP, SMOKE_TEST: str(plan.smoke)})
     _log_dict(client, run.info.run_id, params={
         "config_hash": plan.config_hash, "git_commit": git_commit(), "sample_rate": cfg.data.sample_rate,
+        "data_seed": cfg.data.seed,
         "pesq_mode": pesq_mode, "test_set": f"{cfg.data.test.corpus}:{','.join(cfg.data.test.speakers or ['all'])}",
         "valid_set": f"{cfg.data.valid.corpus}:{','.join(cfg.data.valid.speakers or ['all'])}",
         "teacher_model": ",".join(cfg.teacher_cfg(t).model.name for t in cfg.teacher_names()),
@@ -207,7 +251,15 @@ def log_teacher_run(client, plan: SweepPlan, exp_id: str, parent_id: str, meta: 
     cfg = plan.cfg
     run = client.create_run(exp_id, run_name=f"teacher-{name}" if name else "teacher",
                             tags={ROLE: ROLE_TEACHER, PARENT: parent_id, CHECKPOINT: str(teacher_path)})
-    log_model_artifact(client, run.info.run_id, teacher_path)
+    try:
+        log_model_artifact(client, run.info.run_id, teacher_path)
+        with tempfile.TemporaryDirectory() as folder:
+            for key, file in (("test_scores", TEST_SCORES_FILE), ("noisy_scores", NOISY_SCORES_FILE)):
+                if meta.get(key):  # teachers trained before kdlib kept per-utterance scores have none
+                    client.log_artifact(run.info.run_id, str(write_score_rows(Path(folder) / file, meta[key])))
+    except Exception as exc:  # noqa: BLE001 - the teacher file under the output folder stays the reference
+        print(f"[sweep] warning: could not log the teacher checkpoint to MLflow ({type(exc).__name__}: "
+              f"{first_line(exc)}); its tag points at {teacher_path}", flush=True)
     metrics = {k: v for k, v in meta.items() if isinstance(v, int | float) and k != "epochs"}
     metrics["params_pct"] = 100.0
     _log_dict(client, run.info.run_id, params={
@@ -241,23 +293,49 @@ def log_model_artifact(client, run_id: str, path: str | Path) -> str:
     return location
 
 
-def log_student(client, run_id: str, checkpoint) -> str | None:
-    """Log the best-validation student held in a trial's final Ray Tune ``checkpoint`` (``student.pt``,
-    written by the trial's last epoch) as an MLflow artifact of its run, so it outlives Ray's session
-    folder and reaches a remote tracking server; returns its location, or None when the checkpoint
-    holds no student (a trial stopped early by the scheduler keeps no test scores and no student)."""
-    if checkpoint is None:
+def log_student(client, run_id: str, trial) -> str | None:
+    """Log the best-validation student of a finished trial and its per-utterance test scores
+    (``test_scores.csv``) as MLflow artifacts of its run, so the model outlives Ray's session folder and
+    sits in the experiment's artifact store; returns its location.
+
+    The student rides in the trial's final Ray Tune checkpoint (``student.pt``, written by the last
+    epoch); a trial finished by an older kdlib left it in its trial folder instead. A trial stopped early
+    by the scheduler (ASHA) has neither, and gets no artifact. An upload that fails (disk full, artifact
+    store refusing) never stops the sweep: one warning line, and the tag points at the checkpoint in
+    Ray's storage instead.
+    """
+    checkpoint = getattr(trial, "checkpoint", None)
+    try:
+        with checkpoint.as_directory() if checkpoint is not None else nullcontext(None) as folder:
+            found = [Path(folder) / STUDENT_FILE] if folder else []
+            found.append(Path(getattr(trial, "local_path", None) or getattr(trial, "path", None) or "") / STUDENT_FILE)
+            student = next((f for f in found if f.is_file()), None)
+            if student is None:
+                return None
+            try:
+                scores = student.parent / TEST_SCORES_FILE
+                if scores.is_file():
+                    client.log_artifact(run_id, str(scores))
+                return log_model_artifact(client, run_id, student)
+            except Exception as exc:  # noqa: BLE001 - MLflow/artifact-store/OS errors must not end the sweep
+                fallback = (f"{str(checkpoint.path).rstrip('/')}/{STUDENT_FILE}"
+                            if checkpoint is not None and folder and student.parent == Path(folder) else str(student))
+                print(f"[sweep] warning: could not log {student.name} of run {run_id} to MLflow "
+                      f"({type(exc).__name__}: {first_line(exc)}); its tag points at {fallback}", flush=True)
+                client.set_tag(run_id, CHECKPOINT, fallback)
+                return fallback
+    except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint in remote storage
+        print(f"[sweep] warning: could not read the final checkpoint of run {run_id} "
+              f"({type(exc).__name__}: {first_line(exc)})", flush=True)
         return None
-    with checkpoint.as_directory() as folder:
-        student = Path(folder) / STUDENT_FILE
-        return log_model_artifact(client, run_id, student) if student.is_file() else None
 
 
 class MLflowTrialLogger(LoggerCallback):
     """Ray Tune callback: a nested MLflow child run per trial under ``parent_run_id``.
 
-    Params: method, student_ratio, seed, lr, kd_weight, every ``kd.<knob>``, model, sample_rate,
-    pesq_mode, config_hash, git_commit. Metrics: every numeric result per epoch (step = epoch),
+    Params: method, student_ratio, seed (initialisation and batch order), data_seed (the training
+    mixtures, shared by every trial), lr, kd_weight, every ``kd.<knob>``, model, sample_rate, pesq_mode,
+    config_hash, git_commit. Metrics: every numeric result per epoch (step = epoch),
     so ``params`` and ``macs`` are plottable in the MLflow UI. Status FAILED for an errored trial.
     A trial seen again (restart, resume) reuses its run, found by the ``kdlib.trial_id`` tag.
     """
@@ -313,6 +391,7 @@ class MLflowTrialLogger(LoggerCallback):
                 **({"variant": spec.variant} if spec.variant else {}),
                 **({"student": spec.student} if spec.student else {}),
                 **({"teacher": spec.teacher} if spec.teacher else {}),
+                "data_seed": self.plan.cfg.data.seed,
                 "model": self.plan.student_family(spec), "sample_rate": self.plan.cfg.data.sample_rate,
                 "pesq_mode": self.pesq_mode, "config_hash": self.plan.config_hash, "git_commit": self.commit,
             })
@@ -338,7 +417,7 @@ class MLflowTrialLogger(LoggerCallback):
             return
         self._ended.add(trial.trial_id)
         if not failed:
-            log_student(self.client, run_id, trial.checkpoint)
+            log_student(self.client, run_id, trial)
         self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
     def on_experiment_end(self, trials, **info) -> None:
@@ -362,5 +441,17 @@ class MLflowTrialLogger(LoggerCallback):
             if current == target or current != "RUNNING" and (current != "KILLED" or target == "KILLED"):
                 continue
             if target == "FINISHED":
-                log_student(self.client, run_id, trial.checkpoint)
+                log_student(self.client, run_id, trial)
             self.client.set_terminated(run_id, target)
+
+
+def log_report(client, parent_id: str, paths: dict[str, Path]) -> None:
+    """Log a sweep's report files (``report.md``, the PNGs, per-teacher sub-folders) as artifacts of its
+    parent run under ``report/``, so the MLflow UI shows them next to the runs; a failure is one warning."""
+    try:
+        for key, path in paths.items():
+            folder = "/".join(["report", *key.split("/")[:-1]])
+            client.log_artifact(parent_id, str(path), artifact_path=folder)
+    except Exception as exc:  # noqa: BLE001 - the report on disk stays the reference
+        print(f"[sweep] warning: could not log the report to MLflow ({type(exc).__name__}: {first_line(exc)})",
+              flush=True)

@@ -8,15 +8,19 @@ A restarted trial continues from its last reported epoch.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from kdlib.evaluation import utterance_ids
 from kdlib.kd import build_kd_method
 from kdlib.losses import task_loss_for
+from kdlib.metrics import write_score_rows
 from kdlib.models import build_model, count_params, load_model, save_checkpoint, size_student
 from kdlib.sweep import contract
 from kdlib.sweep.plan import SweepPlan
@@ -34,7 +38,9 @@ def kd_trial(config: dict[str, Any], plan: SweepPlan, teacher_paths: dict[str, s
     Reports per epoch: ``train_loss``, ``task_loss``, ``kd_loss``, ``val_si_sdr`` (dB),
     ``best_val_si_sdr``, ``params``, ``macs`` (per second of audio), ``params_pct``,
     ``kd_extra_params``, ``achieved_ratio``, ``audio_seconds_per_second``; after the last epoch
-    also ``test_pesq``, ``test_stoi``, ``test_estoi``, ``test_si_sdr`` (+ ``*_missing`` counts).
+    also ``valid_pesq``, ``valid_stoi``, ``valid_estoi``, ``valid_si_sdr`` (the best-validation student on the
+    validation set: what the report selects on) and ``test_pesq``, ``test_stoi``, ``test_estoi``,
+    ``test_si_sdr`` (+ ``*_missing`` counts).
     """
     from ray import tune
 
@@ -53,18 +59,30 @@ def kd_trial(config: dict[str, Any], plan: SweepPlan, teacher_paths: dict[str, s
     family, base_args = cfg.student_base(spec.student, teacher.get_model_args(), spec.teacher)
     sized = size_student(family, teacher.get_model_args(), spec.student_ratio, cfg.training.size_tolerance,
                          base_args=base_args, teacher_name=cfg.teacher_cfg(spec.teacher).model.name)
-    data = plan.data_source().build(seed=spec.seed)
+    # paired design: every trial of the sweep trains on the mixtures of data.seed; its own seed decides the
+    # student's initialisation and the batch order
+    data = plan.data_source().build(seed=cfg.data.seed)
     torch.manual_seed(spec.seed)  # student init, then the KD method's own parameters, in this order
     student = build_model(family, sized.model_args).to(device)
     teacher.to(device).eval().requires_grad_(False)
     kd = build_kd_method(spec.method, student, teacher, spec.kd).to(device)
+    auto = spec.kd_weight == "auto"
     settings = TrainSettings(
         epochs=cfg.training.epochs, batch_size=cfg.training.batch_size, lr=spec.lr,
-        grad_clip=cfg.training.grad_clip, selection_metric=contract.SELECTION_METRIC, kd_weight=spec.kd_weight,
+        grad_clip=cfg.training.grad_clip, selection_metric=contract.SELECTION_METRIC,
+        kd_weight=1.0 if auto else float(spec.kd_weight),
         schedule=spec.schedule, kd_only_epochs=cfg.training.kd_only_epochs, pesq_mode=cfg.data.test.pesq_mode,
-        label=spec.label())
+        label=spec.label(), shuffle_seed=spec.seed)
     trainer = Trainer(student, teacher, kd, task_loss_for(student).to(device), data, settings, device)
     figures = {**trainer.complexity(count_params(teacher)), "achieved_ratio": sized.achieved_ratio}
+    if auto:
+        # on the freshly initialised student, before any checkpoint is loaded: a resumed trial gets the same λ
+        ratio = trainer.gradient_ratio(cfg.training.kd_calibration_batches)
+        weight = cfg.training.kd_balance / ratio if ratio > 0 and math.isfinite(ratio) else 0.0
+        trainer.settings = replace(settings, kd_weight=weight)
+        figures.update(kd_grad_ratio_init=ratio)
+        print(f"[{spec.label()}] kd_weight auto: ‖∇KD‖/‖∇task‖ = {ratio:.3g} at init, λ = {weight:.3g}")
+    figures["kd_weight_resolved"] = trainer.settings.kd_weight
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -80,7 +98,9 @@ def kd_trial(config: dict[str, Any], plan: SweepPlan, teacher_paths: dict[str, s
         metrics["epoch"] = trainer.epoch
         final = trainer.epoch == trainer.epochs
         if final:
-            metrics.update(trainer.test(num_workers=threads).as_flat_dict(contract.TEST_PREFIX))
+            metrics.update(trainer.valid_scores(num_workers=threads).as_flat_dict(contract.VALID_PREFIX))
+            scores = trainer.test(num_workers=threads)
+            metrics.update(scores.as_flat_dict(contract.TEST_PREFIX))
         pesq_key = f"{contract.TEST_PREFIX}pesq"
         test_line = f" test PESQ {metrics[pesq_key]:.3f}" if pesq_key in metrics else ""
         print(f"[{spec.label()}] epoch {trainer.epoch}/{trainer.epochs} loss {metrics['train_loss']:.4f} "
@@ -92,9 +112,12 @@ def kd_trial(config: dict[str, Any], plan: SweepPlan, teacher_paths: dict[str, s
                 # sweep's storage; the driver's MLflow logger logs it as the run's artifact from there
                 save_checkpoint(trainer.best_model(), Path(d) / contract.STUDENT_FILE, {
                     "method": spec.method, "student_ratio": spec.student_ratio, "seed": spec.seed,
-                    "teacher": os.path.basename(teacher_path), contract.SELECTION_METRIC: trainer.best_val,
+                    "teacher": os.path.basename(teacher_path),
                     **{k: float(v) for k, v in metrics.items() if k != "epoch" and isinstance(v, int | float)},
+                    # the saved weights are the best epoch's: so is the validation score beside them
+                    contract.SELECTION_METRIC: trainer.best_val,
                 })
+                write_score_rows(Path(d) / contract.TEST_SCORES_FILE, scores.rows(utterance_ids(data.test)))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
     # a finished trial gives its GPU memory back at once (its actor process exits right after, and
     # nothing module-level holds a trial's tensors)

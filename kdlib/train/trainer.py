@@ -13,14 +13,14 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from kdlib.evaluation import evaluate_model, mean_si_sdr, resolve_pesq_mode
 from kdlib.kd import FeatureTaps, KDInputs, KDMethod
@@ -105,6 +105,9 @@ class TrainSettings:
     kd_only_epochs: int = 1
     pesq_mode: str = "auto"
     label: str = "student"
+    #: seed of the batch order: each epoch's items in a permutation drawn from ``(shuffle_seed, epoch)``
+    #: (a resumed run gets the same order); None keeps the items in dataset order
+    shuffle_seed: int | None = None
 
     def __post_init__(self) -> None:
         problems = [
@@ -122,6 +125,26 @@ class TrainSettings:
         ]
         if problems:
             raise ValueError(f"TrainSettings: {'; '.join(problems)}")
+
+
+class EpochPermutation(Sampler[int]):
+    """Item order of one epoch: ``0 .. n-1`` when ``seed`` is None, else a permutation drawn from
+    ``np.random.default_rng([seed, epoch])``, so the order depends only on the seed and the epoch (a run
+    resumed after epoch k trains epoch k+1 in the order an uninterrupted run would)."""
+
+    def __init__(self, n: int, seed: int | None) -> None:
+        self.n, self.seed, self.epoch = int(n), seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        if self.seed is None:
+            return iter(range(self.n))
+        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
 
 
 class Trainer:
@@ -177,7 +200,8 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.best_val = -math.inf
         self.best_state: dict[str, torch.Tensor] | None = None
-        self.loader = DataLoader(data.train, batch_size=self.batch_size, shuffle=False, drop_last=True)
+        self.sampler = EpochPermutation(len(data.train), settings.shuffle_seed)
+        self.loader = DataLoader(data.train, batch_size=self.batch_size, sampler=self.sampler, drop_last=True)
         if len(self.loader) == 0:
             raise ValueError(f"segments_per_epoch ({len(data.train)}) < batch_size ({self.batch_size})")
 
@@ -202,6 +226,7 @@ class Trainer:
         """
         label = self.settings.label
         self.data.train.set_epoch(self.epoch)
+        self.sampler.set_epoch(self.epoch)
         task_weight, kd_weight = self.loss_weights()
         self.student.train()
         self.kd.train()
@@ -246,6 +271,49 @@ class Trainer:
         out.update(epoch_seconds=seconds, audio_seconds_per_second=audio_seconds / seconds)
         return out
 
+    def gradient_ratio(self, batches: int = 2) -> float:
+        """‖∇KD‖ / ‖∇task‖ of the student's parameters at their current values, the mean over the first
+        ``batches`` batches of epoch 0 (L2 norms over every student parameter; the KD method's own
+        parameters, e.g. connectors, are left out). Nothing is updated: weights, normalisation statistics and
+        ``.grad`` are as before. 0 when the KD loss has no gradient (``none``).
+
+        Source: the balanced-weight protocol of the comparison issue (λ = target / this ratio makes the two
+        gradients equally strong at initialisation); reconstruction, see methods.md.
+        """
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        self.data.train.set_epoch(0)
+        self.sampler.set_epoch(0)
+        # forward passes in train mode move normalisation statistics: put every buffer back afterwards
+        saved = [copy.deepcopy(m.state_dict()) for m in (self.student, self.kd)]
+        was_training, kd_training = self.student.training, self.kd.training
+        self.student.train()
+        self.kd.train()
+        ratios = []
+        try:
+            for i, (noisy, clean) in enumerate(self.loader):
+                if i >= batches:
+                    break
+                noisy, clean = noisy.to(self.device), clean.to(self.device)
+                teacher_out = None
+                if self.use_teacher:
+                    with torch.no_grad():
+                        teacher_out = self.teacher(noisy)
+                student_out = self.student(noisy)
+                task = self.task_loss(student_out, clean)
+                kd = self.kd(KDInputs(noisy, clean, student_out, teacher_out, self.student_taps.features,
+                                      self.teacher_taps.features if self.teacher_taps else {}))
+                if not kd.requires_grad:
+                    return 0.0
+                g_task = torch.autograd.grad(task, params, retain_graph=True, allow_unused=True)
+                g_kd = torch.autograd.grad(kd, params, allow_unused=True)
+                ratios.append(float(_grad_norm(g_kd) / _grad_norm(g_task)))
+        finally:
+            for module, state in zip((self.student, self.kd), saved, strict=True):
+                module.load_state_dict(state)
+            self.student.train(was_training)
+            self.kd.train(kd_training)
+        return float(np.mean(ratios)) if ratios else 0.0
+
     def loss_weights(self) -> tuple[float, float]:
         """(task weight, KD weight) of the current epoch under ``settings.schedule``.
 
@@ -264,8 +332,15 @@ class Trainer:
 
         Returns:
             ``{selection_metric: this epoch's value, "best_" + selection_metric: best so far}``.
+
+        Raises:
+            FloatingPointError: the validation SI-SDR is NaN or infinite.
         """
         val = mean_si_sdr(self.student, self.data.valid, self.device)
+        if not math.isfinite(val):
+            # a NaN never compares greater: the run would keep an old (or the untrained) model in silence
+            raise FloatingPointError(f"[{self.settings.label}] epoch {self.epoch}: validation SI-SDR is {val} "
+                                     "(the model outputs NaN/inf or silence on the validation set)")
         if val > self.best_val:
             self.best_val = val
             self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.student.state_dict().items()})
@@ -304,6 +379,12 @@ class Trainer:
         model.load_state_dict(self.best_state)
         return model.eval()
 
+    def valid_scores(self, num_workers: int = 1) -> MetricSummary:
+        """PESQ/STOI/ESTOI/SI-SDR of the best-validation student on the validation set (PESQ mode: the
+        set's hint): what the report selects on, so the test set never chooses a model."""
+        return evaluate_model(self.best_model(), self.data.valid, "auto", num_workers=num_workers,
+                              device=self.device)
+
     def test(self, num_workers: int = 1) -> MetricSummary:
         """PESQ/STOI/ESTOI/SI-SDR of the best-validation student on the test corpus, PESQ in
         ``settings.pesq_mode`` (``auto``: the corpus' hint); ``num_workers`` scoring processes.
@@ -333,3 +414,9 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.best_val = float(state["best_val"])
         self.best_state = state["best_state"]
+
+
+def _grad_norm(grads: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
+    """L2 norm over a tuple of gradients (``None`` for parameters the loss does not reach)."""
+    total = sum((g.detach().float() ** 2).sum() for g in grads if g is not None)
+    return torch.sqrt(torch.as_tensor(total, dtype=torch.float32))
