@@ -3,6 +3,7 @@ enhance audio files and folders with a checkpoint (``kdlib enhance``)."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -46,9 +47,12 @@ def utterance_ids(corpus) -> list[str]:
     if ids is not None and len(ids) == len(corpus):
         return [str(i) for i in ids]
     try:
-        return [str(corpus[i].utt_id) for i in range(len(corpus))]
+        ids = [str(corpus[i].utt_id) for i in range(len(corpus))]
     except (AttributeError, TypeError, IndexError):
         return [str(i) for i in range(len(corpus))]
+    if len(set(ids)) < len(ids):  # e.g. a pairs.csv corpus with one stem in two folders: the noisy file's path
+        ids = [str(corpus[i].noisy) for i in range(len(corpus))]
+    return ids
 
 
 def resolve_pesq_mode(mode: str, corpus: PairedCorpus) -> str:
@@ -84,12 +88,20 @@ def evaluate_noisy(corpus: PairedCorpus, pesq_mode: str = "auto", num_workers: i
 
 
 def mean_si_sdr(model: SEModel, corpus: PairedCorpus, device: torch.device | str | None = None) -> float:
-    """Mean SI-SDR (dB) of the model's output over the corpus: the cheap per-epoch validation score."""
+    """Mean SI-SDR (dB) of the model's output over the corpus: the cheap per-epoch validation score.
+
+    An utterance SI-SDR cannot score (e.g. a silent output) is left out of the mean, as in the test scores;
+    NaN when the model outputs a NaN/inf sample anywhere or no utterance could be scored."""
     scores = []
     for i in range(len(corpus)):
         noisy, clean = corpus.load(i)
-        scores.append(si_sdr(enhance(model, noisy, device), clean))
-    return float(np.mean(scores))
+        estimate = enhance(model, noisy, device)
+        if not np.all(np.isfinite(estimate)):
+            return float("nan")
+        value = si_sdr(estimate, clean)
+        if math.isfinite(value):
+            scores.append(value)
+    return float(np.mean(scores)) if scores else float("nan")
 
 
 # ---- enhancing files and folders (``kdlib enhance``) ---------------------------------------------

@@ -96,3 +96,60 @@ def test_trials_with_different_seeds_train_on_the_same_mixtures(monkeypatch, tmp
     other = load_plan(QUICKSTART, smoke=True, overrides=["data.seed=5"])
     items5, _ = _trial_inputs(monkeypatch, tmp_path, other, seed=0)
     assert not any(np.array_equal(a, b) for a, b in zip(items0, items5, strict=True))
+
+
+def test_every_trial_seed_trains_on_the_same_items_when_batches_do_not_divide_the_epoch():
+    """10 items in batches of 4: the last 2 are dropped for every seed, so all seeds see the same 8 items."""
+    seen = []
+    for seed in (0, 1, 2):
+        order = list(EpochPermutation(10, seed, batch_size=4))
+        assert order[-2:] == [8, 9]
+        seen.append(sorted(order[:8]))
+    assert seen[0] == seen[1] == seen[2] == list(range(8))
+
+
+def test_valid_and_test_sets_sharing_a_file_or_a_talker_are_refused(tmp_path, data_root):
+    from kdlib.data import PairedCorpus
+    from kdlib.errors import DataError
+    from kdlib.sweep.preflight import check_disjoint
+
+    corpus = PairedCorpus(data_root / "vb_demand", sample_rate=16000)
+    (tmp_path / "copy").symlink_to(data_root / "vb_demand")  # the same files under another corpus name
+    copy = PairedCorpus(tmp_path / "copy", sample_rate=16000)
+    with pytest.raises(DataError, match=r"data.valid and data.test share \d+ file\(s\), e.g. '"):
+        check_disjoint(corpus.subset(["p232"]), copy.subset(["p232"]))
+    check_disjoint(corpus.subset(["p257"]), copy.subset(["p232"]))
+
+
+def test_a_negative_trial_seed_is_refused_at_load(tmp_path):
+    with pytest.raises(ConfigError, match="search.seed"):
+        load_plan(QUICKSTART, overrides=["search.seed=[0, -1]"])
+
+
+def test_validation_si_sdr_skips_an_unscorable_utterance_but_not_a_nan_output():
+    from kdlib.evaluation import mean_si_sdr
+
+    class Corpus:
+        def __init__(self, items):
+            self.items = items
+
+        def __len__(self):
+            return len(self.items)
+
+        def load(self, i):
+            return self.items[i]
+
+    class Echo(torch.nn.Module):  # the enhanced output is the noisy input
+        def forward(self, x):
+            return x
+
+    rng = np.random.default_rng(0)
+    clean = rng.standard_normal(8000).astype(np.float32)
+    good = (clean + 0.1 * rng.standard_normal(8000).astype(np.float32), clean)
+    silent = (np.zeros(8000, np.float32), clean)  # a silent output: SI-SDR cannot score it
+    model = Echo()
+    model.register_parameter("w", torch.nn.Parameter(torch.zeros(1)))
+    alone = mean_si_sdr(model, Corpus([good]))
+    assert np.isfinite(alone) and mean_si_sdr(model, Corpus([good, silent])) == pytest.approx(alone)
+    nan = (np.full(8000, np.nan, np.float32), clean)
+    assert np.isnan(mean_si_sdr(model, Corpus([good, nan])))

@@ -60,6 +60,34 @@ def test_bootstrap_carries_the_seed_variance_a_pooled_bootstrap_misses():
     assert low < 0.1 < high and low >= -0.21 and high <= 0.41  # inside the range of the seed means
 
 
+def test_bootstrap_shares_the_utterance_draw_across_seeds():
+    """Every seed is scored on the same utterances: an utterance effect common to all seeds must keep its full
+    variance in the interval (independent utterance draws per seed would shrink it by the number of seeds)."""
+    rng = np.random.default_rng(5)
+    shared = rng.normal(0, 0.3, 30)
+    table = np.stack([shared + 0.001 * s for s in range(4)])
+    low, high = hierarchical_interval(table, n_boot=3000)
+    pooled = sps.bootstrap((shared,), np.mean, n_resamples=3000, random_state=0, method="percentile")
+    width = pooled.confidence_interval.high - pooled.confidence_interval.low
+    assert high - low == pytest.approx(width, rel=0.25)
+
+
+@pytest.mark.parametrize("seed_sd,utterance_sd", [(0.03, 0.0), (0.0, 0.1)], ids=["seed-shift", "shared-utterance"])
+def test_no_effect_is_rarely_called_significant_and_the_interval_covers_it(seed_sd, utterance_sd):
+    """False-positive rate and coverage under no true effect, 3 seeds × 27 utterances (200 simulated sweeps)."""
+    rng = np.random.default_rng(11)
+    called = covered = 0
+    n = 200
+    for r in range(n):
+        base = {s: rng.uniform(1.5, 3.0, 27) for s in range(3)}
+        effect = rng.normal(0, utterance_sd, 27)
+        method = {s: v + rng.normal(0, seed_sd) + effect + rng.normal(0, 0.02, 27) for s, v in base.items()}
+        c = compare(method, base, n_boot=200, seed=r)
+        called += verdict(c, c.p_value).startswith("significant")
+        covered += c.ci_low <= 0 <= c.ci_high
+    assert called / n <= 0.08 and covered / n >= 0.88, (called, covered)
+
+
 def test_bootstrap_of_a_constant_difference_is_that_difference():
     low, high = hierarchical_interval(np.full((3, 10), 0.25), n_boot=200)
     assert low == pytest.approx(0.25) and high == pytest.approx(0.25)
@@ -140,6 +168,7 @@ def test_significance_table_pairs_by_seed_and_utterance_and_corrects_across_rows
     assert list(table["method"]) == ["output", "fitnets"]
     out = table.iloc[0]
     assert out["delta"] == pytest.approx(0.2) and out["seeds"] == 3 and out["verdict"] == "significant gain"
+    assert out["delta_std"] == pytest.approx(0.0, abs=1e-12)  # seed k of output is paired with seed k of none
     assert out["p"] == pytest.approx(2 / 2**15)
     assert out["p_holm"] == pytest.approx(min(1.0, 2 * out["p"]))  # two comparisons
     fit = table.iloc[1]
@@ -201,3 +230,32 @@ def test_a_teacher_without_per_utterance_scores_is_untested_not_flagged(tmp_path
     del scores["t"]  # a teacher trained before kdlib kept per-utterance scores
     text = build_report(df, tmp_path, "t", scores=scores)["report"].read_text()
     assert "untested (no per-utterance teacher scores)" in text and "KD gains are not expected" not in text
+
+
+def test_cells_with_different_searched_weights_are_compared_apart(tmp_path):
+    """output at λ = 1 (+0.3) and at λ = 0.5 (-0.3), 3 seeds each: two cells, one gain and one loss, each against
+    the same `none` students; pooled, they would cancel out."""
+    from kdlib.report.front import cell_front, select_rows
+
+    df, scores = _runs_and_scores()
+    df = df[df["method"] != "fitnets"].copy()
+    df["param.kd_weight"] = np.where(df["method"] == "none", "0.5", "1.0")
+    extra = []
+    for seed in (0, 1, 2):
+        rid = f"output-half-{seed}"
+        row = df[df["run_id"] == f"output-{seed}"].iloc[0].to_dict()
+        extra.append({**row, "run_id": rid, "run_name": rid, "param.kd_weight": "0.5"})
+        base = scores[f"none-{seed}"]
+        step = 0.0001 * np.arange(len(base))  # distinct differences: no ties for Wilcoxon
+        scores[rid] = base.assign(pesq=base["pesq"] - 0.3 - step)
+        scores[f"output-{seed}"] = base.assign(pesq=base["pesq"] + 0.3 + step)
+    df = pd.concat([df, pd.DataFrame(extra)], ignore_index=True)
+    df["valid_pesq"] = df["pesq"]
+    rows = select_rows(df)
+    assert "param.kd_weight" in rows.extras
+    table = significance_table(rows.finished, scores, rows.extras, ("pesq",), n_boot=200)
+    by_knobs = {r["knobs"]: r for _, r in table.iterrows()}
+    assert by_knobs["kd_weight=1.0"]["verdict"] == "significant gain"
+    assert by_knobs["kd_weight=0.5"]["verdict"] == "significant loss"
+    cells = cell_front(rows.finished, "pesq", rows.extras)
+    assert len(cells[cells["method"] == "output"]) == 2

@@ -237,7 +237,8 @@ class DataConfig(_Strict):
     sample_rate: Literal[8000, 16000] = 16000
     #: seed of the training mixtures, the same for every trial of a sweep (paired design: a KD student and
     #: its ``none`` twin see the same mixtures epoch by epoch; the trial seed decides initialisation and
-    #: batch order). Not part of the dump (or hashes) while it is 0, the seed every sweep used before
+    #: batch order). Not part of the dump (or the hashes) while it is 0, the seed teachers always used
+    #: (trials of kdlib before the paired design mixed with their own seed)
     seed: int = Field(0, ge=0)
     train: MixConfig = Field(default_factory=MixConfig)
     array: ArrayConfig | None = None
@@ -283,7 +284,7 @@ class DataConfig(_Strict):
         # model selection on validation means nothing when validation holds test material
         if self.array is not None or self.l3das23 is not None or self.valid is None or self.test is None:
             return self
-        if PurePosixPath(self.valid.corpus.strip("/")) != PurePosixPath(self.test.corpus.strip("/")):
+        if PurePosixPath(self.valid.corpus) != PurePosixPath(self.test.corpus):  # "vb/" and "vb" are one folder
             return self
         valid, test = self.valid.speakers, self.test.speakers
         if valid is None or test is None:

@@ -152,7 +152,7 @@ class SearchConfig(_Strict):
 
     method: list[str] = Field(min_length=1)
     student_ratio: list[float] = Field(min_length=1)
-    seed: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seed: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
     #: named students (from ``students:``); empty = every declared student, or the teacher's family
     student: list[str] = Field(default_factory=list)
     #: named teachers (from ``teachers:``); empty = every declared teacher

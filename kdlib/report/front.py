@@ -22,7 +22,7 @@ from paretoset import paretoset
 
 from kdlib.errors import KdlibError
 from kdlib.metrics import specs
-from kdlib.report.runs import BEST_VALID, CORE_PARAMS, metric_columns, valid_column
+from kdlib.report.runs import BEST_VALID, CORE_PARAMS, PROVENANCE_PARAMS, metric_columns, param_column, valid_column
 from kdlib.sweep.contract import ROLE_TEACHER, ROLE_TRIAL, TEACHER_METHOD
 
 BASELINE_METHOD = "none"
@@ -122,12 +122,15 @@ def _baseline_means(finished: pd.DataFrame, metric: str) -> dict[float, float]:
 
 
 def _varying_params(trials: pd.DataFrame) -> list[str]:
-    """``param.<name>`` columns with more than one distinct logged value across trials (ablation knobs).
+    """``param.<name>`` columns with more than one distinct logged value across trials (ablation knobs, and
+    ``param.lr`` / ``param.kd_weight`` when they were searched); provenance params (commit, config hash, PESQ
+    mode, sample rate) never count, so a resumed sweep on a newer commit keeps its cells.
 
     Missing values do not count, so a knob logged only by one KD method with a fixed value (e.g.
     ``kd.wav_weight`` of ``output``) stays out of the tables.
     """
-    cols = [c for c in trials.columns if isinstance(c, str) and c.startswith("param.")]
+    skip = {param_column(name) for name in PROVENANCE_PARAMS}
+    cols = [c for c in trials.columns if isinstance(c, str) and c.startswith("param.") and c not in skip]
     return [c for c in cols if trials[c].dropna().astype(str).nunique() > 1]
 
 

@@ -46,6 +46,13 @@ CORE_PARAMS: dict[str, str] = {
 }
 
 
+#: core params that are also settings a sweep can search: as logged (``param.lr``, ``param.kd_weight``) they
+#: tell grid cells apart when they vary
+SETTINGS = ("lr", "kd_weight")
+#: params that record where a run came from, never what it trained: not knobs, even when they differ
+PROVENANCE_PARAMS = ("git_commit", "config_hash", "pesq_mode", "sample_rate")
+
+
 def param_column(name: str) -> str:
     """Column of a logged param that is not a typed core param (``param.kd.tau``, ``param.teacher``)."""
     return f"param.{name}"
@@ -169,6 +176,9 @@ def _normalize(children: pd.DataFrame) -> pd.DataFrame:
     )
     for name in extra:
         out[param_column(name)] = _as_str(children[f"params.{name}"])
+    # the searched settings as logged ("auto" kept): a cell of the grid is one setting, however its λ resolved
+    for name in SETTINGS:
+        out[param_column(name)] = _as_str(_column(children, f"params.{name}"))
     order = out["role"].map(lambda r: _ROLE_ORDER.get(r, len(_ROLE_ORDER)))
     out = out.assign(_order=order, _start=_column(children, "start_time"))
     out = out.sort_values(

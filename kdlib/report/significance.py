@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from kdlib.report.front import BASELINE_METHOD, ratio_key
+from kdlib.report.runs import param_column
 from kdlib.report.stats import MIN_SEEDS, compare, holm, verdict
 from kdlib.sweep.contract import TEST_SCORES_FILE
 
@@ -48,7 +49,8 @@ def _cell_key(row: pd.Series, extras: Sequence[str]) -> tuple[Any, ...]:
 
 
 def _by_seed(runs: pd.DataFrame, scores: Mapping[str, pd.DataFrame]) -> dict[int, pd.DataFrame]:
-    """seed → that run's per-utterance table (the first run per seed with scores)."""
+    """seed → that run's per-utterance table (the first run per seed with scores; a cell holds one run per
+    seed once its searched settings, ``param.lr`` / ``param.kd_weight``, are among its keys)."""
     out: dict[int, pd.DataFrame] = {}
     for _, r in runs.iterrows():
         seed = r.get("seed")
@@ -99,7 +101,9 @@ def significance_table(finished: pd.DataFrame, scores: Mapping[str, pd.DataFrame
         if method == BASELINE_METHOD:
             continue
         base = baselines[baselines["student_ratio"].map(ratio_key) == ratio]
-        for col in extras:  # match the baseline on the dimensions it has (teacher, student family, ...)
+        for col in extras:  # match the baseline on the dimensions it has (teacher, student family, lr, ...)
+            if col == param_column("kd_weight"):
+                continue  # λ does nothing to the student trained alone
             if col in base and base[col].notna().any():
                 base = base[base[col].astype(str) == str(group.iloc[0].get(col))]
         knobs = ", ".join(f"{c.removeprefix('param.')}={v}" for c, v in zip(extras, key[2:], strict=True)
@@ -174,9 +178,10 @@ def teacher_gate(teacher: pd.Series | None, finished: pd.DataFrame, scores: Mapp
             d = (joined["t"] - joined["s"]).to_numpy(dtype=float)
             n = int(np.isfinite(d).sum())
             p = wilcoxon_p(d)
-        margins = np.nan_to_num(valid_margin, nan=1.0) > 0 and test_margin > 0
-        # None: no per-utterance scores to test with (a teacher trained before kdlib kept them)
-        ok = None if not np.isfinite(p) and margins else bool(margins and np.isfinite(p) and p < alpha)
+        margins = np.nan_to_num(valid_margin, nan=1.0) > 0 and np.nan_to_num(test_margin, nan=1.0) > 0
+        # None: nothing to test with (no per-utterance scores, e.g. a teacher trained before kdlib kept them)
+        ok = None if margins and not (np.isfinite(p) and np.isfinite(test_margin)) \
+            else bool(margins and p < alpha)
         rows.append({"student_ratio": ratio, "students": len(g), "valid_margin": valid_margin,
                      "test_margin": test_margin, "p": p, "utterances": n, "ok": ok})
     return pd.DataFrame(rows, columns=GATE_COLUMNS)

@@ -101,6 +101,30 @@ def check_local_cpus(plan: SweepPlan) -> None:
                           f"({key}): no trial could ever start; lower resources.cpu")
 
 
+def check_disjoint(valid: Any, test: Any) -> None:
+    """Refuse valid/test sets that share a file or a speaker, whatever the corpus folders are called (a
+    symlinked copy, the same talker as ``p232`` and ``vctk_p232``): model selection must not see test material.
+
+    Raises:
+        DataError: one line naming a shared file or speaker.
+    """
+    from kdlib.data import PairedCorpus
+    from kdlib.data.speech import speaker_matches
+
+    if isinstance(valid, PairedCorpus) and isinstance(test, PairedCorpus):
+        def files(corpus: PairedCorpus) -> set[Path]:
+            return {f.resolve() for pair in corpus for f in (pair.noisy, pair.clean)}
+
+        shared = sorted(files(valid) & files(test))
+        if shared:
+            raise DataError(f"data.valid and data.test share {len(shared)} file(s), e.g. '{shared[0]}': validation "
+                            "(model selection) must not see test material")
+    both = [(v, t) for v in valid.speakers() for t in test.speakers() if speaker_matches(v, t)]
+    if both:
+        raise DataError(f"data.valid speaker '{both[0][0]}' and data.test speaker '{both[0][1]}' are the same talker: "
+                        "validation (model selection) must not see the test speakers")
+
+
 def preflight(plan: SweepPlan, *, tracking: bool = True, address: str | None = None,
               log: Callable[[str], Any] = print) -> Preflight:
     """Run the pre-flight checks of ``plan`` (see the module docstring); nothing is trained.
@@ -143,6 +167,7 @@ def preflight(plan: SweepPlan, *, tracking: bool = True, address: str | None = N
         client = client_for(plan.tracking_uri)
         check_experiment(client, plan.tracking_uri, plan.experiment)
         # builds the valid/test sets (simulated or extracted ones are written to their cache once)
-        _, test = source.eval_sets()
+        valid, test = source.eval_sets()
+        check_disjoint(valid, test)
         pesq_mode = resolve_pesq_mode(plan.cfg.data.test.pesq_mode, test)
     return Preflight(pesq_mode, scan, client)

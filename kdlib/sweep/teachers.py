@@ -61,7 +61,8 @@ def train_teacher(plan: SweepPlan, path: str | Path | None = None, data: SweepDa
     start = time.perf_counter()
     history = trainer.fit()
     workers = eval_workers or teacher.threads
-    valid = trainer.valid_scores(num_workers=workers).as_flat_dict(contract.VALID_PREFIX)
+    valid = trainer.valid_scores(num_workers=workers, pesq_mode=plan.cfg.data.valid.pesq_mode) \
+        .as_flat_dict(contract.VALID_PREFIX)
     test_summary = trainer.test(num_workers=workers)
     test = test_summary.as_flat_dict(contract.TEST_PREFIX)
     mode = resolve_pesq_mode(plan.cfg.data.test.pesq_mode, data.test)

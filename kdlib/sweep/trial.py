@@ -78,7 +78,13 @@ def kd_trial(config: dict[str, Any], plan: SweepPlan, teacher_paths: dict[str, s
     if auto:
         # on the freshly initialised student, before any checkpoint is loaded: a resumed trial gets the same λ
         ratio = trainer.gradient_ratio(cfg.training.kd_calibration_batches)
-        weight = cfg.training.kd_balance / ratio if ratio > 0 and math.isfinite(ratio) else 0.0
+        if not (ratio > 0 and math.isfinite(ratio)):
+            if trainer.use_teacher:  # a KD method with no usable gradient must not train as `none` under its name
+                raise FloatingPointError(
+                    f"[{spec.label()}] kd_weight auto: ‖∇KD‖/‖∇task‖ is {ratio} at initialisation (the KD loss "
+                    "sends no gradient to the student, or the task loss none): set a fixed training.kd_weight")
+            ratio = 0.0
+        weight = cfg.training.kd_balance / ratio if ratio > 0 else 0.0
         trainer.settings = replace(settings, kd_weight=weight)
         figures.update(kd_grad_ratio_init=ratio)
         print(f"[{spec.label()}] kd_weight auto: ‖∇KD‖/‖∇task‖ = {ratio:.3g} at init, λ = {weight:.3g}")
@@ -98,7 +104,8 @@ def kd_trial(config: dict[str, Any], plan: SweepPlan, teacher_paths: dict[str, s
         metrics["epoch"] = trainer.epoch
         final = trainer.epoch == trainer.epochs
         if final:
-            metrics.update(trainer.valid_scores(num_workers=threads).as_flat_dict(contract.VALID_PREFIX))
+            metrics.update(trainer.valid_scores(num_workers=threads, pesq_mode=cfg.data.valid.pesq_mode)
+                           .as_flat_dict(contract.VALID_PREFIX))
             scores = trainer.test(num_workers=threads)
             metrics.update(scores.as_flat_dict(contract.TEST_PREFIX))
         pesq_key = f"{contract.TEST_PREFIX}pesq"

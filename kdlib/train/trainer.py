@@ -130,10 +130,15 @@ class TrainSettings:
 class EpochPermutation(Sampler[int]):
     """Item order of one epoch: ``0 .. n-1`` when ``seed`` is None, else a permutation drawn from
     ``np.random.default_rng([seed, epoch])``, so the order depends only on the seed and the epoch (a run
-    resumed after epoch k trains epoch k+1 in the order an uninterrupted run would)."""
+    resumed after epoch k trains epoch k+1 in the order an uninterrupted run would).
 
-    def __init__(self, n: int, seed: int | None) -> None:
+    With ``batch_size``, only the first ``n - n % batch_size`` items are permuted and the tail is left at the
+    end, where ``drop_last`` drops it: every seed trains on the same items (a paired design), only their
+    order differs."""
+
+    def __init__(self, n: int, seed: int | None, batch_size: int = 1) -> None:
         self.n, self.seed, self.epoch = int(n), seed, 0
+        self.full = self.n - self.n % max(1, int(batch_size))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -144,7 +149,8 @@ class EpochPermutation(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         if self.seed is None:
             return iter(range(self.n))
-        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.full).tolist()
+        return iter(order + list(range(self.full, self.n)))
 
 
 class Trainer:
@@ -200,7 +206,7 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.best_val = -math.inf
         self.best_state: dict[str, torch.Tensor] | None = None
-        self.sampler = EpochPermutation(len(data.train), settings.shuffle_seed)
+        self.sampler = EpochPermutation(len(data.train), settings.shuffle_seed, self.batch_size)
         self.loader = DataLoader(data.train, batch_size=self.batch_size, sampler=self.sampler, drop_last=True)
         if len(self.loader) == 0:
             raise ValueError(f"segments_per_epoch ({len(data.train)}) < batch_size ({self.batch_size})")
@@ -277,8 +283,9 @@ class Trainer:
         parameters, e.g. connectors, are left out). Nothing is updated: weights, normalisation statistics and
         ``.grad`` are as before. 0 when the KD loss has no gradient (``none``).
 
-        Source: the balanced-weight protocol of the comparison issue (λ = target / this ratio makes the two
-        gradients equally strong at initialisation); reconstruction, see methods.md.
+        Source: kdlib's balanced-weight protocol (λ = target / this ratio makes the two gradients equally
+        strong at initialisation), so KD methods are compared at equal gradient strength rather than at the
+        scales of their losses; not from a paper.
         """
         params = [p for p in self.student.parameters() if p.requires_grad]
         self.data.train.set_epoch(0)
@@ -379,11 +386,12 @@ class Trainer:
         model.load_state_dict(self.best_state)
         return model.eval()
 
-    def valid_scores(self, num_workers: int = 1) -> MetricSummary:
-        """PESQ/STOI/ESTOI/SI-SDR of the best-validation student on the validation set (PESQ mode: the
-        set's hint): what the report selects on, so the test set never chooses a model."""
-        return evaluate_model(self.best_model(), self.data.valid, "auto", num_workers=num_workers,
-                              device=self.device)
+    def valid_scores(self, num_workers: int = 1, pesq_mode: str = "auto") -> MetricSummary:
+        """PESQ/STOI/ESTOI/SI-SDR of the best-validation student on the validation set (``pesq_mode``: the
+        validation set's own, ``auto`` = its hint): what the report selects on, so the test set never
+        chooses a model."""
+        mode = resolve_pesq_mode(pesq_mode, self.data.valid)
+        return evaluate_model(self.best_model(), self.data.valid, mode, num_workers=num_workers, device=self.device)
 
     def test(self, num_workers: int = 1) -> MetricSummary:
         """PESQ/STOI/ESTOI/SI-SDR of the best-validation student on the test corpus, PESQ in
