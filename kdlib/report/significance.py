@@ -129,12 +129,14 @@ def significance_table(finished: pd.DataFrame, scores: Mapping[str, pd.DataFrame
 def significance_note() -> str:
     """The sentence under the table that says what the columns mean."""
     return (f"Δ is the method minus the `{BASELINE_METHOD}` student of the same ratio, per matched training seed "
-            "(mean ± std over seeds); the 95 % interval is a hierarchical bootstrap (seeds, then utterances); "
-            "p is a two-sided Wilcoxon signed-rank test over utterances (Δ averaged over the matched seeds), "
-            f"Holm-corrected across every row. A gain is called significant only with corrected p < 0.05, an "
-            f"interval that excludes 0 and at least {MIN_SEEDS} seeds; with fewer seeds a row compares these "
-            "trained models, not the methods. `missing` counts (seed, utterance) cells a metric could not score "
-            "for either model; those are left out and the row is flagged.")
+            "(mean ± std over seeds), utterance by utterance. The 95 % interval is a hierarchical bootstrap (seeds, "
+            "then one utterance draw shared by them), widened to the t interval of the per-seed Δ where that is "
+            "wider. p is the larger of a two-sided Wilcoxon signed-rank test over utterances (Δ averaged over the "
+            "matched seeds) and a two-sided t-test over the per-seed Δ, Holm-corrected across every row. A gain "
+            f"is called significant only with corrected p < 0.05, an interval that excludes 0 and at least "
+            f"{MIN_SEEDS} seeds; with fewer seeds a row compares these trained models, not the methods. `missing` "
+            "counts (seed, utterance) cells a metric could not score for either model; those are left out and the "
+            "row is flagged.")
 
 
 #: columns of :func:`teacher_gate`
