@@ -354,3 +354,21 @@ def scan_pairs(pairs: Sequence[tuple[Path, Path]], *, sample_rate: int, channels
     fix = f"remove the pair from {where}" if where else "remove the pair"
     return (scan_audio(noisy, sample_rate=sample_rate, channels=channels, kind=f"{kind} noisy", depth=depth, fix=fix)
             + scan_audio(clean, sample_rate=sample_rate, channels=1, kind=f"{kind} clean", depth=depth, fix=fix))
+
+
+def scan_training_mix(speech_files: Sequence[Path], noise_files: Sequence[Path], *, speech_dir: Path, noise_dir: Path,
+                      held_out: Iterable[str], sample_rate: int, segment_seconds: float,
+                      depth: str) -> ScanReport:
+    """The training side of an on-the-fly mixing source: the speaker folders of ``data.train.speech`` (held-out
+    speakers skipped), every training speech file, at least one segment of speech, every ``data.train.noise``
+    file and at least one noise file as long as a segment (``segment_seconds``, s).
+
+    Raises:
+        DataError: the first problem found, naming the file or folder.
+    """
+    check_speaker_folders(speech_dir, held_out)
+    speech = scan_audio(speech_files, sample_rate=sample_rate, kind="speech", depth=depth, where="data.train.speech")
+    check_speech_material(speech, segment_seconds, folder=speech_dir)
+    noise = scan_audio(noise_files, sample_rate=sample_rate, kind="noise", depth=depth, where="data.train.noise")
+    check_noise_material(noise, segment_seconds, folder=noise_dir)
+    return speech + noise

@@ -243,14 +243,7 @@ class Trainer:
         for i, (noisy, clean) in enumerate(self.loader):
             noisy, clean = noisy.to(self.device), clean.to(self.device)
             segment_samples = clean.shape[-1]
-            teacher_out = None
-            if self.use_teacher:
-                with torch.no_grad():
-                    teacher_out = self.teacher(noisy)
-            student_out = self.student(noisy)
-            task = self.task_loss(student_out, clean)
-            kd = self.kd(KDInputs(noisy, clean, student_out, teacher_out, self.student_taps.features,
-                                  self.teacher_taps.features if self.teacher_taps else {}))
+            task, kd = self._losses(noisy, clean)
             loss = task_weight * task + kd_weight * kd
             # one host-device sync per batch for the NaN check and the running totals
             loss_v, task_v, kd_v = torch.stack([loss.detach(), task.detach(), kd.detach().float()]).tolist()
@@ -277,6 +270,19 @@ class Trainer:
         out.update(epoch_seconds=seconds, audio_seconds_per_second=audio_seconds / seconds)
         return out
 
+    def _losses(self, noisy: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(task loss, KD loss) of one batch: the frozen teacher without grad, the student, the KD method on
+        the outputs and the features the hooks caught."""
+        teacher_out = None
+        if self.use_teacher:
+            with torch.no_grad():
+                teacher_out = self.teacher(noisy)
+        student_out = self.student(noisy)
+        task = self.task_loss(student_out, clean)
+        kd = self.kd(KDInputs(noisy, clean, student_out, teacher_out, self.student_taps.features,
+                              self.teacher_taps.features if self.teacher_taps else {}))
+        return task, kd
+
     def gradient_ratio(self, batches: int = 2) -> float:
         """‖∇KD‖ / ‖∇task‖ of the student's parameters at their current values, the mean over the first
         ``batches`` batches of epoch 0 (L2 norms over every student parameter; the KD method's own
@@ -300,15 +306,7 @@ class Trainer:
             for i, (noisy, clean) in enumerate(self.loader):
                 if i >= batches:
                     break
-                noisy, clean = noisy.to(self.device), clean.to(self.device)
-                teacher_out = None
-                if self.use_teacher:
-                    with torch.no_grad():
-                        teacher_out = self.teacher(noisy)
-                student_out = self.student(noisy)
-                task = self.task_loss(student_out, clean)
-                kd = self.kd(KDInputs(noisy, clean, student_out, teacher_out, self.student_taps.features,
-                                      self.teacher_taps.features if self.teacher_taps else {}))
+                task, kd = self._losses(noisy.to(self.device), clean.to(self.device))
                 if not kd.requires_grad:
                     return 0.0
                 g_task = torch.autograd.grad(task, params, retain_graph=True, allow_unused=True)

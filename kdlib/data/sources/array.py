@@ -10,9 +10,7 @@ writes them before any trial; trials find them and only read.
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,10 +21,8 @@ from kdlib.config.data import ArrayConfig, DataConfig
 from kdlib.data.paired import PairedCorpus
 from kdlib.data.scan import (
     ScanReport,
-    check_noise_material,
-    check_speaker_folders,
-    check_speech_material,
     scan_audio,
+    scan_training_mix,
 )
 from kdlib.data.sources.base import DataSource, SweepData, register_data_source, short_hash
 from kdlib.data.speech import list_noise, list_speech, speaker_matches
@@ -179,7 +175,7 @@ class ArraySource(DataSource):
         return ArrayPlan(split_files, train_speakers, [f for s in train_speakers for f in speech[s]],
                          train_noise, eval_noise)
 
-    def scan(self, depth: str | None = None) -> ScanReport:
+    def scan_files(self, depth: str) -> ScanReport:
         """:meth:`DataSource.scan` of the simulated array: what the simulator reads from disk (rooms and
         RIRs are computed, not read). In this order: the split of :meth:`plan`; the speaker folders of
         ``data.train.speech`` (one without audio directly in it is refused, unless excluded); every training
@@ -189,26 +185,19 @@ class ArraySource(DataSource):
 
         Raises:
             DataError: the first problem found, naming the file or folder (see :mod:`kdlib.data.scan`).
-            ValueError: an unknown ``depth``.
         """
-        depth = self._scan_depth(depth)
-        if depth == "off":
-            return ScanReport(depth=depth)
-        t0 = time.perf_counter()
         cfg, sr = self.data, self.data.sample_rate
         plan = self.plan()
         speech_dir, noise_dir = self.root / cfg.train.speech, self.root / cfg.train.noise
-        check_speaker_folders(speech_dir, cfg.train.exclude_speakers)
-        report = scan_audio(plan.train_files, sample_rate=sr, kind="speech", depth=depth, where="data.train.speech")
-        check_speech_material(report, cfg.train.segment_seconds, folder=speech_dir)
+        report = scan_training_mix(plan.train_files, plan.train_noise, speech_dir=speech_dir, noise_dir=noise_dir,
+                                   held_out=cfg.train.exclude_speakers, sample_rate=sr,
+                                   segment_seconds=cfg.train.segment_seconds, depth=depth)
         for name in _EVAL_SPLITS:
             report = report + scan_audio(plan.split_files[name], sample_rate=sr, kind=f"{name} speech",
                                          depth=depth, where=f"data.train.speech (data.array.{name}.speakers)")
-        noise = scan_audio(plan.train_noise, sample_rate=sr, kind="noise", depth=depth, where="data.train.noise")
-        check_noise_material(noise, cfg.train.segment_seconds, folder=noise_dir)
-        report = report + noise + scan_audio(plan.eval_noise, sample_rate=sr, kind="held-out noise", depth=depth,
-                                             where="data.train.noise")
-        return dataclasses.replace(report, elapsed_s=time.perf_counter() - t0)
+        report = report + scan_audio(plan.eval_noise, sample_rate=sr, kind="held-out noise", depth=depth,
+                                     where="data.train.noise")
+        return report
 
     def _key_blob(self, plan: ArrayPlan | None = None) -> dict[str, Any]:
         cfg, arr = self.data, self.array

@@ -11,9 +11,11 @@ audio file they will read (depth ``data.scan``) without writing anything, before
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,8 +131,9 @@ class DataSource:
 
         Per file (:func:`kdlib.data.scan.scan_audio`): readable, at ``data.sample_rate``, the expected channel
         count, at least one sample; with ``depth="full"`` also every sample finite and the file not silent.
-        Sources also refuse too little material (e.g. less training speech than one segment). This default
-        checks nothing and says so in the report's ``notes``; the built-in sources override it.
+        Sources also refuse too little material (e.g. less training speech than one segment). This method
+        resolves the depth and times the scan; the files are the job of :meth:`scan_files`, which the built-in
+        sources override (the default checks nothing and says so in the report's ``notes``).
 
         Args:
             depth: ``"full"``, ``"headers"`` or ``"off"``; None = ``data.scan`` (default ``"full"``).
@@ -142,13 +145,19 @@ class DataSource:
             DataError: one line naming the file (or folder) and what is wrong with it, and how to fix it.
             ValueError: an unknown ``depth``.
         """
-        depth = self._scan_depth(depth)
+        depth = check_depth(self.data.scan if depth is None else depth)
         if depth == "off":
             return ScanReport(depth=depth)
-        return ScanReport(depth=depth, notes=(f"the '{self.name}' data source has no pre-flight scan",))
+        start = time.perf_counter()
+        return dataclasses.replace(self.scan_files(depth), depth=depth, elapsed_s=time.perf_counter() - start)
 
-    def _scan_depth(self, depth: str | None) -> str:
-        return check_depth(self.data.scan if depth is None else depth)
+    def scan_files(self, depth: str) -> ScanReport:
+        """The files of :meth:`scan` at ``depth`` (``"full"`` or ``"headers"``); what a source overrides.
+
+        Raises:
+            DataError: see :meth:`scan`.
+        """
+        return ScanReport(depth=depth, notes=(f"the '{self.name}' data source has no pre-flight scan",))
 
     def eval_sets(self) -> tuple[EvalSet, EvalSet]:
         """The ``(valid, test)`` sets. The driver calls this before any trial starts, so data problems stop

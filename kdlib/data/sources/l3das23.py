@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import tarfile
-import time
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -151,7 +150,7 @@ class L3DAS23Source(DataSource):
             sets.append(opened[part.split].subset(part.speakers, part.max_utterances))
         return sets[0], sets[1]
 
-    def scan(self, depth: str | None = None) -> ScanReport:
+    def scan_files(self, depth: str) -> ScanReport:
         """:meth:`DataSource.scan` of L3DAS23: what :meth:`build` and :meth:`eval_sets` read, scene by scene.
 
         In this order: the training scenes (the ``train`` splits without the valid/test speakers and
@@ -168,12 +167,7 @@ class L3DAS23Source(DataSource):
 
         Raises:
             DataError: the first problem found, naming the file (see :mod:`kdlib.data.scan`).
-            ValueError: an unknown ``depth``.
         """
-        depth = self._scan_depth(depth)
-        if depth == "off":
-            return ScanReport(depth=depth)
-        t0 = time.perf_counter()
         paths, root = self._located()
         if root is None:
             final, _ = self._extraction(paths)
@@ -183,7 +177,7 @@ class L3DAS23Source(DataSource):
                     if not readable:
                         raise DataError(f"data.l3das23.path: archive '{p}' is not a readable zip/tar file (a broken "
                                         "or incomplete download?): download it again")
-                return ScanReport(depth=depth, elapsed_s=time.perf_counter() - t0, notes=(
+                return ScanReport(depth=depth, notes=(
                     f"L3DAS23 archives not extracted yet (to '{final}'): their audio was not scanned",))
             root = final
         cfg, sec = self.data, self.section
@@ -215,7 +209,7 @@ class L3DAS23Source(DataSource):
                               folder=", ".join(str(c.path / "labels") for c in trains))
         for name, c in evals:
             report = report + self._scan_scenes(c, name, depth)[0]
-        return dataclasses.replace(report, elapsed_s=time.perf_counter() - t0)
+        return report
 
     @staticmethod
     def _scan_scenes(corpus: L3DAS23Corpus, kind: str, depth: str) -> tuple[ScanReport, ScanReport]:

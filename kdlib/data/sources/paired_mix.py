@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import time
 from pathlib import Path
 
 from kdlib.config.data import DataConfig, PairedConfig
@@ -12,11 +10,8 @@ from kdlib.data.mixing import SpeechNoiseMixer
 from kdlib.data.paired import PairedCorpus
 from kdlib.data.scan import (
     ScanReport,
-    check_noise_material,
-    check_speaker_folders,
-    check_speech_material,
-    scan_audio,
     scan_pairs,
+    scan_training_mix,
 )
 from kdlib.data.sources.base import DataSource, SweepData, register_data_source
 from kdlib.data.speech import list_noise, list_speech, speaker_matches
@@ -74,7 +69,7 @@ class PairedMixSource(DataSource):
             raise DataError("no training speaker left after excluding the validation/test speakers")
         return train_speakers, [f for s in train_speakers for f in speech[s]]
 
-    def scan(self, depth: str | None = None) -> ScanReport:
+    def scan_files(self, depth: str) -> ScanReport:
         """:meth:`DataSource.scan` of paired mixing, in this order: the valid/test corpora's pairing and headers
         (:meth:`eval_sets`); the speaker folders of ``data.train.speech`` (one without audio directly in it is
         refused, unless held out); every training speech file (mono, ``data.sample_rate``); at least one
@@ -84,29 +79,20 @@ class PairedMixSource(DataSource):
 
         Raises:
             DataError: the first problem found, naming the file or folder (see :mod:`kdlib.data.scan`).
-            ValueError: an unknown ``depth``.
         """
-        depth = self._scan_depth(depth)
-        if depth == "off":
-            return ScanReport(depth=depth)
-        t0 = time.perf_counter()
         cfg, sr = self.data, self.data.sample_rate
         valid, test = self.eval_sets()
         speech_dir, noise_dir = self.root / cfg.train.speech, self.root / cfg.train.noise
         _, files = self.train_speech(valid, test)
-        check_speaker_folders(speech_dir, self._held_out(valid, test))
-        speech = scan_audio(files, sample_rate=sr, kind="speech", depth=depth, where="data.train.speech")
-        check_speech_material(speech, cfg.train.segment_seconds, folder=speech_dir)
-        noise = scan_audio(list_noise(self.root, cfg.train.noise), sample_rate=sr, kind="noise", depth=depth,
-                           where="data.train.noise")
-        check_noise_material(noise, cfg.train.segment_seconds, folder=noise_dir)
-        report = speech + noise
+        report = scan_training_mix(files, list_noise(self.root, cfg.train.noise), speech_dir=speech_dir,
+                                   noise_dir=noise_dir, held_out=self._held_out(valid, test), sample_rate=sr,
+                                   segment_seconds=cfg.train.segment_seconds, depth=depth)
         for name, corpus in (("valid", valid), ("test", test)):
             part = getattr(cfg, name)
             report = report + scan_pairs([(p.noisy, p.clean) for p in corpus], sample_rate=sr, channels=1,
                                          kind=name, depth=depth,
                                          where=f"the corpus '{part.corpus}' (data.{name}.corpus)")
-        return dataclasses.replace(report, elapsed_s=time.perf_counter() - t0)
+        return report
 
     def build(self, seed: int = 0) -> SweepData:
         cfg = self.data
