@@ -49,6 +49,10 @@ def report_outcome(outcome) -> int:
     for name, path in outcome.report.items():
         print(f"[sweep] {name}: {path}")
     print(f"[sweep] browse: mlflow ui --backend-store-uri {outcome.tracking_uri} --workers 1")
+    if outcome.experiment_id is not None:
+        from kdlib.report.html import chart_view_url
+
+        print(f"[sweep] chart view: {chart_view_url(outcome.experiment_id)}")
     if outcome.unfinished:
         return 130
     # a real sweep survives crashed trials; in a smoke test any crash is a bug
@@ -92,7 +96,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     from kdlib.sweep.plan import resolve_output, resolve_tracking_uri
 
     out = Path(args.out) if args.out else resolve_output() / "reports" / args.experiment
-    paths = write_report(resolve_tracking_uri(args.tracking_uri), args.experiment, out, args.run_id)
+    corpus = None
+    if args.config:  # the sweep's YAML gives the test audio of the HTML report's listening examples
+        from kdlib.config import load_config
+        from kdlib.sweep.plan import make_plan
+
+        plan = make_plan(load_config(args.config), smoke=args.experiment.endswith("-smoke"), check=False)
+        corpus = plan.data_source().eval_sets()[1]
+    from kdlib.sweep.listening import examples_maker
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    paths = write_report(uri, args.experiment, out, args.run_id, examples=examples_maker(corpus, uri),
+                         mlflow_ui=args.mlflow_ui)
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
@@ -271,11 +286,16 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     tt.set_defaults(func=cmd_train_teacher)
 
-    rep = sub.add_parser("report", help="Pareto plots + report.md of a sweep from MLflow")
+    rep = sub.add_parser("report", help="Pareto plots, report.md and report.html of a sweep from MLflow")
     rep.add_argument("experiment", help="MLflow experiment (= sweep name; '<name>-smoke' for smoke runs)")
     rep.add_argument("--out", help="output dir (default: runs/reports/EXPERIMENT)")
     rep.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db")
     rep.add_argument("--run-id", help="parent run of the sweep (default: the latest)")
+    rep.add_argument("--config", metavar="SWEEP_YAML",
+                     help="the sweep's YAML: report.html gets listening examples from its test set")
+    rep.add_argument("--mlflow-ui", metavar="URL",
+                     help="MLflow UI address of report.html's run links (default: $KDLIB_MLFLOW_UI or "
+                          "http://127.0.0.1:5000)")
     rep.set_defaults(func=cmd_report)
 
     ev = sub.add_parser("eval", help="PESQ/STOI/ESTOI/SI-SDR of a checkpoint on a paired corpus")

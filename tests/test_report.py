@@ -364,7 +364,7 @@ def _is_png(path: Path) -> bool:
 
 def test_build_report_files_and_content(store: Store, runs_df: pd.DataFrame, tmp_path: Path) -> None:
     out = build_report(runs_df, tmp_path / "rep", title="Test sweep", provenance=runs_df.attrs["provenance"])
-    assert set(out) == {"pareto", "pareto_stoi", "report"}
+    assert set(out) == {"pareto", "pareto_stoi", "report", "summary", "html"}
     assert out["pareto"].name == "pareto.png" and out["pareto_stoi"].name == "pareto_stoi.png"
     assert _is_png(out["pareto"]) and _is_png(out["pareto_stoi"])
     text = out["report"].read_text(encoding="utf-8")
@@ -430,7 +430,7 @@ def test_build_report_hand_made_frame_excludes_unfinished(tmp_path: Path) -> Non
          "valid_stoi": 0.95},
     ]  # fmt: skip
     out = build_report(pd.DataFrame(rows), tmp_path, title="hand made", provenance={"pesq_mode": "nb"})
-    assert set(out) == {"pareto", "pareto_stoi", "report"}
+    assert set(out) == {"pareto", "pareto_stoi", "report", "summary", "html"}
     text = out["report"].read_text(encoding="utf-8")
     ranked = text.split("## Failed or unfinished runs")[0]
     assert "kd-a" in ranked and "kd-killed" not in ranked
@@ -455,7 +455,7 @@ def test_no_front_is_chosen_without_validation_scores(tmp_path: Path) -> None:
 
 def test_build_report_empty(tmp_path: Path) -> None:
     out = build_report(pd.DataFrame(), tmp_path / "empty", title="Empty sweep")
-    assert set(out) == {"report"}
+    assert set(out) == {"report", "html"}
     text = out["report"].read_text(encoding="utf-8")
     assert "No finished trials" in text
     assert not (tmp_path / "empty" / "pareto.png").exists()
@@ -465,7 +465,7 @@ def test_build_report_only_failed(runs_df: pd.DataFrame, tmp_path: Path) -> None
     (tmp_path / "pareto.png").write_bytes(PNG_MAGIC)  # stale plot of an earlier report
     only = runs_df[(runs_df["role"] == "teacher") | (runs_df["status"] == "FAILED")]
     out = build_report(only, tmp_path, title="t", provenance={})
-    assert set(out) == {"report"}
+    assert set(out) == {"report", "html"}
     text = out["report"].read_text(encoding="utf-8")
     assert "No finished trials" in text and "FAILED" in text
     assert not (tmp_path / "pareto.png").exists()
@@ -473,7 +473,7 @@ def test_build_report_only_failed(runs_df: pd.DataFrame, tmp_path: Path) -> None
 
 def test_write_report_end_to_end(store: Store, tmp_path: Path) -> None:
     out = write_report(store.uri, EXPERIMENT, tmp_path / "w")
-    assert set(out) == {"pareto", "pareto_stoi", "report"}
+    assert set(out) == {"pareto", "pareto_stoi", "report", "summary", "significance", "html"}
     text = out["report"].read_text(encoding="utf-8")
     assert EXPERIMENT in text and store.parent_new in text
     old = write_report(store.uri, EXPERIMENT, tmp_path / "old", parent_run_id=store.parent_old)

@@ -117,7 +117,8 @@ def test_eval_of_a_trial_checkpoint_reproduces_its_logged_test_metrics(quickstar
     checkpoint = Path(trial["tags.kdlib.checkpoint"])
     assert checkpoint.is_file() and checkpoint.is_relative_to(out / "mlartifacts"), checkpoint
     client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    assert sorted(a.path for a in client.list_artifacts(trial["run_id"])) == ["student.pt", "test_scores.csv"]
+    assert sorted(a.path for a in client.list_artifacts(trial["run_id"])) == [
+        "student.pt", "test_scores.csv", "test_scores_noizeus.csv", "test_scores_vb_demand.csv"]
     target = str(checkpoint) if reference == "tag" else f"runs:/{trial['run_id']}"
     capsys.readouterr()
     code = main(["eval", target, "--data", str(data_root / "vb_demand"), "--speakers", "p232",
@@ -127,6 +128,37 @@ def test_eval_of_a_trial_checkpoint_reproduces_its_logged_test_metrics(quickstar
     assert result["utterances"] == 2 and result["pesq_mode"] == "wb"
     for m in ("pesq", "stoi", "estoi", "si_sdr"):
         assert result[m] == pytest.approx(trial[f"metrics.test_{m}"], rel=1e-6), m
+
+
+def test_each_named_test_set_is_scored_logged_and_reported(quickstart_smoke, capsys, data_root):
+    """The quickstart's two test sets: VoiceBank+DEMAND (primary, PESQ wb) and NOIZEUS (PESQ nb), each logged
+    under its name, with headline ``key/`` metrics for MLflow's chart view, a report section each and the HTML
+    report (listening examples included) next to the markdown in the parent run."""
+    _, out, runs = quickstart_smoke
+    trials = runs[runs["tags.kdlib.role"] == "trial"]
+    assert (trials["metrics.test_vb_demand_pesq"] == trials["metrics.test_pesq"]).all()
+    assert trials["metrics.test_noizeus_pesq"].notna().all() and trials["metrics.key/test_noizeus_pesq"].notna().all()
+    assert (trials["metrics.key/test_pesq"] == trials["metrics.test_pesq"]).all()
+    teacher = runs[runs["tags.kdlib.role"] == "teacher"].iloc[0]
+    assert teacher["metrics.noisy_noizeus_pesq"] > 1 and teacher["metrics.key/params"] == teacher["metrics.params"]
+    parent = runs[runs["tags.kdlib.role"] == "sweep"].iloc[0]
+    assert parent["params.test_sets"] == "vb_demand,noizeus" and parent["params.pesq_mode.noizeus"] == "nb"
+    assert parent["params.version.torch"].startswith("2.13")
+    # the nb scores logged for noizeus are what `kdlib eval` gives on the same two utterances
+    trial = trials[trials["params.method"] == "none"].iloc[0]
+    capsys.readouterr()
+    assert main(["eval", trial["tags.kdlib.checkpoint"], "--data", str(data_root / "noizeus"), "--speakers",
+                 "noizeus_spk3", "--max-utterances", "2", "--pesq-mode", "nb", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["pesq_mode"] == "nb" and result["pesq"] == pytest.approx(trial["metrics.test_noizeus_pesq"])
+    report = out / "reports" / "quickstart-smoke"
+    text = (report / "report.md").read_text()
+    assert "## Test set `noizeus` (noizeus:noizeus_spk3, PESQ nb)" in text
+    page = (report / "report.html").read_text()
+    assert page.count("<audio") >= 2 * 3 and "Listening examples" in page  # noisy, clean, teacher (+ students)
+    logged = {a.path for a in mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}").list_artifacts(
+        parent["run_id"], "report")}
+    assert {"report/report.html", "report/summary.csv", "report/significance.csv"} <= logged
 
 
 def test_every_model_run_holds_its_checkpoint_and_runs_refs_are_checked(quickstart_smoke, capsys):

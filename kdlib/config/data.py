@@ -39,12 +39,23 @@ class MixConfig(_Strict):
 
 
 class PairedConfig(_Strict):
-    """A paired noisy/clean corpus folder (relative to the data root) and which of it to use."""
+    """A paired noisy/clean corpus folder (relative to the data root) and which of it to use.
 
+    ``name`` labels a test set when ``data.test`` is a list of them: its scores are logged as
+    ``test_<name>_<metric>`` and ``test_scores_<name>.csv`` (lower-case letters, digits, ``_``)."""
+
+    name: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]{0,31}$")
     corpus: str
     speakers: list[str] | None = None
     max_utterances: int | None = Field(None, ge=1)
     pesq_mode: Literal["auto", "wb", "nb"] = "auto"
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out = handler(self)
+        if isinstance(out, dict) and out.get("name", 0) is None:
+            del out["name"]  # unnamed sets dump (and hash) as before test sets had names
+        return out
 
 
 #: corpus name of the ``data.valid`` / ``data.test`` entries derived from ``data.array`` (the simulated sets)
@@ -244,7 +255,11 @@ class DataConfig(_Strict):
     array: ArrayConfig | None = None
     l3das23: L3DAS23Config | None = None
     valid: PairedConfig | None = Field(None, validate_default=True)
+    #: the test set; a list of named sets in the YAML puts the first here (the primary: its scores are also
+    #: the plain ``test_*`` metrics, the Pareto axes) and the others in :attr:`extra_tests`
     test: PairedConfig | None = Field(None, validate_default=True)
+    #: the test sets after the first of a ``data.test`` list (filled from that list; not a YAML key)
+    extra_tests: list[PairedConfig] = Field(default_factory=list)
     #: pre-flight scan of every audio file the sweep reads, before any work starts (DataSource.scan):
     #: "full" reads every sample (NaN/inf, silence), "headers" only rate/channels/length (for very large
     #: corpora, e.g. L3DAS23), "off" none. Not part of the dump (or hashes) while it is "full"
@@ -261,6 +276,31 @@ class DataConfig(_Strict):
         if isinstance(data, dict) and data.get("array") is not None and data.get("l3das23") is not None:
             raise ValueError("give either data.array or data.l3das23, not both (each brings its own valid/test sets)")
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _test_list(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if "extra_tests" in data:
+            raise ValueError("unknown key data.extra_tests: give several test sets as a list under data.test")
+        tests = data.get("test")
+        if not isinstance(tests, list):
+            return data
+        if not tests:
+            raise ValueError("data.test: an empty list; give one test set or a list of named ones")
+        names = [t.get("name") if isinstance(t, dict) else None for t in tests]
+        if any(n is None for n in names):
+            raise ValueError(f"data.test: every set of a list needs a name (e.g. name: vb_demand); set "
+                             f"{names.index(None) + 1} has none")
+        if len(set(names)) < len(names):
+            raise ValueError(f"data.test: two sets are named '{next(n for n in names if names.count(n) > 1)}'")
+        return {**data, "test": tests[0], "extra_tests": tests[1:]}
+
+    @property
+    def test_sets(self) -> list[PairedConfig]:
+        """Every test set, the primary (``data.test``) first."""
+        return [t for t in (self.test, *self.extra_tests) if t is not None]
 
     @field_validator("valid", "test")
     @classmethod
@@ -282,19 +322,26 @@ class DataConfig(_Strict):
     @model_validator(mode="after")
     def _disjoint_valid_test(self) -> DataConfig:
         # model selection on validation means nothing when validation holds test material
-        if self.array is not None or self.l3das23 is not None or self.valid is None or self.test is None:
+        if self.array is not None or self.l3das23 is not None:
+            if self.extra_tests:
+                raise ValueError("data.test: a list of test sets needs paired corpora (data.array and data.l3das23 "
+                                 "bring their own single test set)")
             return self
-        if PurePosixPath(self.valid.corpus) != PurePosixPath(self.test.corpus):  # "vb/" and "vb" are one folder
+        if self.valid is None:
             return self
-        valid, test = self.valid.speakers, self.test.speakers
-        if valid is None or test is None:
-            which = "data.valid" if valid is None else "data.test"
-            raise ValueError(f"data.valid and data.test both read corpus '{self.test.corpus}' and {which} takes all of "
-                             "its speakers: give both disjoint speaker lists (e.g. valid [p257], test [p232])")
-        shared = sorted(set(valid) & set(test))
-        if shared:
-            raise ValueError(f"data.valid and data.test share speaker(s) {shared} of corpus '{self.test.corpus}': "
-                             "validation (model selection) must not see the test speakers")
+        for part in self.test_sets:
+            if PurePosixPath(self.valid.corpus) != PurePosixPath(part.corpus):  # "vb/" and "vb" are one folder
+                continue
+            key = f"data.test '{part.name}'" if part.name else "data.test"
+            valid, test = self.valid.speakers, part.speakers
+            if valid is None or test is None:
+                which = "data.valid" if valid is None else key
+                raise ValueError(f"data.valid and {key} both read corpus '{part.corpus}' and {which} takes all of "
+                                 "its speakers: give both disjoint speaker lists (e.g. valid [p257], test [p232])")
+            shared = sorted(set(valid) & set(test))
+            if shared:
+                raise ValueError(f"data.valid and {key} share speaker(s) {shared} of corpus '{part.corpus}': "
+                                 "validation (model selection) must not see the test speakers")
         return self
 
     @model_validator(mode="after")
@@ -327,4 +374,9 @@ class DataConfig(_Strict):
             del out["scan"]
         if isinstance(out, dict) and out.get("seed") == 0:
             del out["seed"]
+        # several test sets dump as the list they were given as (which re-validates to the same config)
+        if isinstance(out, dict) and "extra_tests" in out:
+            extra = out.pop("extra_tests")
+            if extra:
+                out["test"] = [out["test"], *extra]
         return out

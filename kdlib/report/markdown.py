@@ -128,11 +128,20 @@ def _units_sentence() -> str:
     return ", ".join(parts)
 
 
+#: a table as its header and its rows of formatted cells (the markdown and the HTML report render it)
+Table = tuple[list[str], list[list[str]]]
+
+
 def _reference_lines(teacher: pd.Series | None) -> list[str]:
-    metrics = specs.METRICS
-    header = ["reference", _cost_label("params"), "params %", _cost_label("macs"), *[m.column_label for m in metrics]]
     if teacher is None:
         return ["No teacher run in this sweep.", ""]
+    return [*_md_table(*reference_table(teacher)), ""]
+
+
+def reference_table(teacher: pd.Series) -> Table:
+    """The noisy input and the teacher: complexity and every test metric."""
+    metrics = specs.METRICS
+    header = ["reference", _cost_label("params"), "params %", _cost_label("macs"), *[m.column_label for m in metrics]]
     noisy = ["noisy input", _DASH, _DASH, _DASH, *[_fmt(teacher.get(noisy_column(m.name)), m.fmt) for m in metrics]]
     t_pct = teacher.get("params_pct") if isnum(teacher.get("params_pct")) else 100.0
     teach = [
@@ -142,18 +151,28 @@ def _reference_lines(teacher: pd.Series | None) -> list[str]:
         _fmt_macs(teacher.get("macs")),
         *[_fmt(teacher.get(m.name), m.fmt) for m in metrics],
     ]
-    return [*_md_table(header, [noisy, teach]), ""]
+    return header, [noisy, teach]
 
 
 def _front_lines(finished: pd.DataFrame, spec: MetricSpec, extras: list[str]) -> list[str]:
     """Table of the grid cells non-dominated in (mean validation score up, params down), chosen on
     validation only; their test scores (mean ± std over the cell's trials) are reported, smallest first."""
+    made = front_table(finished, spec, extras)
+    if isinstance(made, str):
+        return [made, ""]
+    note, table = made
+    return [note, "", *_md_table(*table), ""]
+
+
+def front_table(finished: pd.DataFrame, spec: MetricSpec, extras: list[str]) -> str | tuple[str, Table]:
+    """``(note, table)`` of the non-dominated grid cells of ``spec`` (see :func:`_front_lines`), or the
+    sentence that says why there is none."""
     metric = spec.name
     cells = cell_front(finished, metric, extras)
     if cells.empty:
-        return [f"No validation scores to choose on (neither `{VALID_PREFIX}{metric}` nor `best_val_si_sdr` was "
+        return (f"No validation scores to choose on (neither `{VALID_PREFIX}{metric}` nor `best_val_si_sdr` was "
                 "logged by every finished trial): no front is drawn, since choosing on the test set would not be "
-                "a fair comparison.", ""]
+                "a fair comparison.")
     fr = cells[cells["on_front"]]
     shown = [m for m in specs.METRICS if m.compact]
     column = str(cells["selected_on"].iloc[0])
@@ -192,7 +211,7 @@ def _front_lines(finished: pd.DataFrame, spec: MetricSpec, extras: list[str]) ->
         )
     note = (f"Cells (method × student size × varying knobs, seeds pooled) non-dominated in mean {chosen} ↑ and "
             "params ↓; the test set chose nothing: the quality columns are the chosen cells' test means.")
-    return [note, "", *_md_table(header, rows), ""]
+    return note, (header, rows)
 
 
 #: intelligibility metrics whose change against the unprocessed input the summary shows
@@ -200,6 +219,17 @@ VS_INPUT = ("stoi", "estoi")
 
 
 def _summary_lines(finished: pd.DataFrame, extras: list[str], teacher: pd.Series | None = None) -> list[str]:
+    return [*_md_table(*summary_table(finished, extras, teacher)), "", UNSCORED_NOTE, ""]
+
+
+#: what the summary's ``unscored`` column counts
+UNSCORED_NOTE = ("`unscored`: test utterances a metric could not score, summed over the cell's trials and metrics "
+                 "(left out of the means; ⚠ flags a cell whose means rest on fewer utterances).")
+
+
+def summary_table(finished: pd.DataFrame, extras: list[str], teacher: pd.Series | None = None) -> Table:
+    """Per (method, student ratio[, knobs]) cell: trials, complexity, each metric's mean ± std over the cell's
+    trials, ΔPESQ against ``none``, ΔSTOI/ΔESTOI against the unprocessed input, unscored utterances."""
     primary = specs.metric(PRIMARY_METRIC)
     keys = ["method", "_ratio", *extras]
     noisy = {n: teacher.get(noisy_column(n)) if teacher is not None else None for n in VS_INPUT}
@@ -239,9 +269,7 @@ def _summary_lines(finished: pd.DataFrame, extras: list[str], teacher: pd.Series
                 _unscored(g, missing_cols),
             ]
         )
-    return [*_md_table(header, rows), "", "`unscored`: test utterances a metric could not score, summed over the "
-            "cell's trials and metrics (left out of the means; ⚠ flags a cell whose means rest on fewer utterances).",
-            ""]
+    return header, rows
 
 
 def _unscored(cell: pd.DataFrame, columns: list[str]) -> str:
@@ -262,6 +290,11 @@ def _gate_lines(gate: pd.DataFrame) -> list[str]:
              f"The teacher against the `{BASELINE_METHOD}` students (trained alone) of each size: PESQ margins on "
              "validation and test, and a two-sided Wilcoxon signed-rank test over test utterances (teacher minus "
              "the students' per-utterance mean). KD can only pass on what the teacher does better.", ""]
+    return [*lines, *_md_table(*gate_table(gate)), ""]
+
+
+def gate_table(gate: pd.DataFrame) -> Table:
+    """:func:`kdlib.report.significance.teacher_gate` as formatted cells."""
     rows = []
     for _, r in gate.iterrows():
         rows.append([_fmt_ratio(r["student_ratio"]), str(r["students"]), _fmt(r["valid_margin"], "+.3f"),
@@ -270,12 +303,17 @@ def _gate_lines(gate: pd.DataFrame) -> list[str]:
                                                                       "untested (no per-utterance teacher scores)")])
     header = ["student_ratio", f"{BASELINE_METHOD} students", "PESQ margin (valid)", "PESQ margin (test)", "p",
               "utterances", "clearly better"]
-    return [*lines, *_md_table(header, rows), ""]
+    return header, rows
 
 
 def _significance_lines(table: pd.DataFrame) -> list[str]:
     if table.empty:
         return [f"No KD trial has a finished `{BASELINE_METHOD}` twin with per-utterance scores to compare.", ""]
+    return [*_md_table(*significance_cells(table)), "", significance_note(), ""]
+
+
+def significance_cells(table: pd.DataFrame) -> Table:
+    """:func:`kdlib.report.significance.significance_table` as formatted cells."""
     header = ["method", "student_ratio", "knobs", "metric", "Δ (mean ± std over seeds)", "95 % interval", "p",
               "p (Holm)", "seeds", "utterances", "missing", "verdict"]
     rows = []
@@ -289,7 +327,36 @@ def _significance_lines(table: pd.DataFrame) -> list[str]:
             _fmt(r["p"], ".2g"), _fmt(r["p_holm"], ".2g"), str(r["seeds"]), str(r["utterances"]),
             f"{r['missing']}{flag}", r["verdict"],
         ])
-    return [*_md_table(header, rows), "", significance_note(), ""]
+    return header, rows
+
+
+def _gate_warning(gate: pd.DataFrame, name: str | None) -> list[str]:
+    flagged = gate["ok"].map(lambda v: _verdict(v) is False)
+    if not flagged.any():
+        return []
+    bad = ", ".join(_fmt_ratio(r) for r in gate.loc[flagged, "student_ratio"])
+    where = f" on test set `{name}`" if name else ""
+    return [f"> ⚠ **{GATE_WARNING}**{where}: it is not significantly better than the `{BASELINE_METHOD}` "
+            f"students at student_ratio {bad} (see Teacher quality).", ""]
+
+
+def _set_lines(result: Any) -> list[str]:
+    """The section of a named test set after the primary: reference points, teacher quality, the per-method
+    summary and the significance table, all on that set (selection stays on validation)."""
+    lines = [f"## Test set {result.label}", "",
+             "The same runs scored on this set; every choice (front cells, best epochs) was made on validation.", "",
+             "### Reference points", ""]
+    lines += _reference_lines(result.rows.teacher)
+    if result.gate is not None and not result.gate.empty:
+        lines += ["#" + line if line.startswith("## ") else line for line in _gate_lines(result.gate)]
+    if result.rows.finished.empty:
+        return [*lines, "No finished trial logged scores on this set.", ""]
+    lines += ["### Per method and student size (mean ± std across seeds)", ""]
+    lines += _summary_lines(result.rows.finished, result.rows.extras, result.rows.teacher)
+    if result.table is not None:
+        lines += [f"### Significance against `{BASELINE_METHOD}` (Holm within this test set)", ""]
+        lines += _significance_lines(result.table)
+    return lines
 
 
 def _failed_lines(unfinished: pd.DataFrame) -> list[str]:
@@ -327,6 +394,9 @@ def report_lines(
     plots: Sequence[tuple[MetricSpec, str]],
     significance: pd.DataFrame | None = None,
     gate: pd.DataFrame | None = None,
+    *,
+    extra_sets: Sequence[Any] = (),
+    primary_name: str | None = None,
 ) -> list[str]:
     """The lines of ``report.md``.
 
@@ -338,28 +408,30 @@ def report_lines(
         plots: (metric, file name relative to ``report.md``) of each plot written, in order.
         significance: :func:`kdlib.report.significance.significance_table` (None: no such section).
         gate: :func:`kdlib.report.significance.teacher_gate` (None: no such section).
+        extra_sets: :class:`kdlib.report.sets.SetResult` of every named test set after the primary: one
+            section each (reference points, teacher quality, per-method summary, significance).
+        primary_name: the primary test set's name when the sweep has several (headings say which set).
     """
     finished = rows.finished
     lines = [f"# {title}", "", "## Provenance", ""]
     lines += _provenance_lines(prov)
+    on_set = (f" on the primary test set `{primary_name}` ({prov.get('test_set', '')}); the other test sets "
+              f"({', '.join(f'`{s.name}`' for s in extra_sets)}) have their own sections below") \
+        if primary_name and extra_sets else ""
     lines += [
         f"Trials: {len(rows.trials)} ({len(finished)} finished with test metrics, "
         f"{len(rows.trials) - len(finished)} failed or unfinished). Metrics are each run's final "
-        f"`{TEST_PREFIX}*` values; {_units_sentence()}, params is a parameter count, "
+        f"`{TEST_PREFIX}*` values{on_set}; {_units_sentence()}, params is a parameter count, "
         "MACs are multiply-accumulates per second of audio (shown in millions, M/s).",
         "",
-        "## Reference points",
+        "## Reference points" + (f": test set `{primary_name}`" if primary_name else ""),
         "",
     ]
     lines += _reference_lines(rows.teacher)
+    warnings: list[str] = []
     if gate is not None and not gate.empty:
         lines += _gate_lines(gate)
-        flagged = gate["ok"].map(lambda v: _verdict(v) is False)
-        if flagged.any():
-            bad = ", ".join(_fmt_ratio(r) for r in gate.loc[flagged, "student_ratio"])
-            # prominent: right under the title
-            lines[1:1] = ["", f"> ⚠ **{GATE_WARNING}**: it is not significantly better than the `{BASELINE_METHOD}` "
-                              f"students at student_ratio {bad} (see Teacher quality)."]
+        warnings += _gate_warning(gate, primary_name)
     if finished.empty:
         lines += ["## Results", "", "No finished trials: nothing to plot or rank yet.", ""]
     else:
@@ -379,6 +451,12 @@ def report_lines(
             lines += [f"## Significance against `{BASELINE_METHOD}`" + (f" (test set {test_set})" if test_set else ""),
                       ""]
             lines += _significance_lines(significance)
+    for result in extra_sets:
+        lines += _set_lines(result)
+        if result.gate is not None and not result.gate.empty:
+            warnings += _gate_warning(result.gate, result.name)
+    if warnings:  # prominent: right under the title
+        lines[1:1] = ["", *warnings]
     lines += ["## Failed or unfinished runs", ""]
     lines += _failed_lines(rows.unfinished)
     if plots:

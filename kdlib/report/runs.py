@@ -81,6 +81,38 @@ def metric_columns() -> dict[str, str]:
     return columns
 
 
+#: prefix of the columns :func:`load_runs` keeps for metrics it has no column of its own for (the named test
+#: sets' ``test_<name>_<metric>`` / ``noisy_<name>_<metric>``)
+RAW_METRIC = "metric."
+
+
+def named_test_sets(provenance: dict[str, Any]) -> list[str]:
+    """The names of a sweep's test sets, the primary first (the parent run's ``test_sets`` param); ``[]`` for
+    a sweep with one unnamed test set."""
+    names = provenance.get("test_sets")
+    return [n for n in str(names).split(",") if n] if isinstance(names, str) else []
+
+
+def set_view(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The runs table as if the named test set ``name`` were the primary one: its ``test_<name>_<metric>``,
+    ``noisy_<name>_<metric>`` and ``..._missing`` values in the plain metric columns (``pesq``, ``noisy_pesq``,
+    ``pesq_missing``; NaN where a run did not log them). Validation and complexity columns are unchanged.
+    ``attrs`` are copied, with the provenance's ``test_set`` / ``pesq_mode`` set to the named set's."""
+    out = df.copy()
+    for m in specs.METRICS:
+        for col, key in ((m.name, f"{TEST_PREFIX}{name}_{m.name}"),
+                         (noisy_column(m.name), f"{NOISY_PREFIX}{name}_{m.name}"),
+                         (missing_column(m.name), f"{TEST_PREFIX}{name}_{m.name}{specs.MISSING_SUFFIX}")):
+            out[col] = out[RAW_METRIC + key] if RAW_METRIC + key in out else np.nan
+    out.attrs = {**df.attrs}
+    prov = dict(df.attrs.get("provenance", {}))
+    for key in ("test_set", "pesq_mode"):
+        if f"{key}.{name}" in prov:
+            prov[key] = prov[f"{key}.{name}"]
+    out.attrs["provenance"] = prov
+    return out
+
+
 #: the λ a trial trained with (``training.kd_weight: auto`` calibrates it per trial)
 KD_WEIGHT_RESOLVED = "kd_weight_resolved"
 #: the best validation SI-SDR (dB) of a run: what the trial selected its epoch on
@@ -165,6 +197,11 @@ def _normalize(children: pd.DataFrame) -> pd.DataFrame:
             out[name] = whole.astype("Int64")
     for col, key in metric_columns().items():
         out[col] = pd.to_numeric(_column(children, f"metrics.{key}"), errors="coerce").astype(float)
+    # the named test sets' scores (``test_<name>_pesq``, ``noisy_<name>_pesq``) as logged: :func:`set_view`
+    mapped = {f"metrics.{key}" for key in metric_columns().values()}
+    for col in children.columns:
+        if col.startswith((f"metrics.{TEST_PREFIX}", f"metrics.{NOISY_PREFIX}")) and col not in mapped:
+            out[RAW_METRIC + col[len("metrics."):]] = pd.to_numeric(children[col], errors="coerce").astype(float)
     # kd_weight "auto": the λ each trial calibrated for itself
     resolved = pd.to_numeric(_column(children, f"metrics.{KD_WEIGHT_RESOLVED}"), errors="coerce").astype(float)
     out["kd_weight"] = out["kd_weight"].where(out["kd_weight"].notna(), resolved)

@@ -21,8 +21,9 @@ COLUMNS = ["method", "student_ratio", "knobs", "metric", "delta", "delta_std", "
            "seeds", "utterances", "missing", "verdict"]
 
 
-def load_scores(tracking_uri: str, run_ids: Sequence[str]) -> dict[str, pd.DataFrame]:
-    """Per-utterance test scores of each run that logged them (``test_scores.csv``), by run id.
+def load_scores(tracking_uri: str, run_ids: Sequence[str], file: str = TEST_SCORES_FILE) -> dict[str, pd.DataFrame]:
+    """Per-utterance test scores of each run that logged them (``file``: ``test_scores.csv`` for the primary
+    test set, ``test_scores_<name>.csv`` for a named one), by run id.
 
     Runs without the artifact (failed trials, sweeps from before kdlib logged it) are left out.
     """
@@ -35,9 +36,9 @@ def load_scores(tracking_uri: str, run_ids: Sequence[str]) -> dict[str, pd.DataF
     with tempfile.TemporaryDirectory() as folder:
         for run_id in run_ids:
             try:
-                if not any(a.path == TEST_SCORES_FILE for a in client.list_artifacts(run_id)):
+                if not any(a.path == file for a in client.list_artifacts(run_id)):
                     continue
-                path = client.download_artifacts(run_id, TEST_SCORES_FILE, folder)
+                path = client.download_artifacts(run_id, file, folder)
             except Exception:  # noqa: BLE001 - an unreadable artifact only drops that run from the statistics
                 continue
             out[run_id] = pd.read_csv(path, dtype={"utterance": str})

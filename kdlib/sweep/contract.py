@@ -7,6 +7,8 @@ Run layout: one parent run per sweep (``ROLE = "sweep"``) with nested child runs
 
 from __future__ import annotations
 
+from pathlib import Path
+
 #: tag on every kdlib run: ``sweep`` (parent), ``teacher`` or ``trial`` (children)
 ROLE = "kdlib.role"
 ROLE_SWEEP, ROLE_TEACHER, ROLE_TRIAL = "sweep", "teacher", "trial"
@@ -41,7 +43,41 @@ EPOCH_METRIC = SELECTION_METRIC
 TEST_PREFIX = "test_"
 NOISY_PREFIX = "noisy_"
 VALID_PREFIX = "valid_"
+
+
+def set_prefix(name: str | None = None) -> str:
+    """Metric prefix of a test set: ``test_`` for the primary (unnamed) one, ``test_<name>_`` for a named one."""
+    return f"{TEST_PREFIX}{name}_" if name else TEST_PREFIX
+
+
+def noisy_prefix(name: str | None = None) -> str:
+    """Metric prefix of the unprocessed input on a test set: ``noisy_`` / ``noisy_<name>_``."""
+    return f"{NOISY_PREFIX}{name}_" if name else NOISY_PREFIX
+
+
+def scores_file(name: str | None = None, noisy: bool = False) -> str:
+    """Per-utterance scores file of a test set: ``test_scores.csv`` / ``test_scores_<name>.csv`` (the model),
+    ``noisy_scores.csv`` / ``noisy_scores_<name>.csv`` (the unprocessed input)."""
+    stem = Path(NOISY_SCORES_FILE if noisy else TEST_SCORES_FILE).stem
+    return f"{stem}_{name}.csv" if name else f"{stem}.csv"
 # the metric names after the prefixes, and the ``_missing`` count suffix, come from kdlib.metrics.specs
+
+#: MLflow's chart view puts a metric-key prefix before "/" in its own section, ahead of "Model metrics": the
+#: headline figures are logged once more under it, so the chart view offers them first
+KEY_PREFIX = "key/"
+#: the headline figures (and, per named test set, ``test_<name>_pesq`` / ``test_<name>_stoi``)
+KEY_METRICS = ("test_pesq", "test_stoi", "valid_pesq", "params", "macs")
+
+
+def key_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """``key/<name>`` copies of the headline metrics present in ``metrics`` (a final result: only when it holds
+    ``test_pesq``, so each is logged once and the chart view draws it as a bar per run)."""
+    if f"{TEST_PREFIX}pesq" not in metrics:
+        return {}
+    names = [k for k in metrics if k in KEY_METRICS or (
+        k.startswith(TEST_PREFIX) and k.endswith(("_pesq", "_stoi")) and not k.endswith("_missing"))]
+    return {f"{KEY_PREFIX}{k}": metrics[k] for k in names}
+
 
 #: complexity metrics logged on every teacher and trial run
 COMPLEXITY_METRICS = ("params", "macs", "params_pct", "kd_extra_params")

@@ -12,6 +12,7 @@ no MLflow store and no Ray.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections.abc import Callable
@@ -33,6 +34,8 @@ class Preflight:
     pesq_mode: str | None
     scan: Any
     client: Any = None
+    #: PESQ mode of every named test set (``data.test`` as a list), by name
+    pesq_modes: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def check_writable(path: Path, key: str = "output_dir") -> None:
@@ -101,7 +104,7 @@ def check_local_cpus(plan: SweepPlan) -> None:
                           f"({key}): no trial could ever start; lower resources.cpu")
 
 
-def check_disjoint(valid: Any, test: Any) -> None:
+def check_disjoint(valid: Any, test: Any, key: str = "data.test") -> None:
     """Refuse valid/test sets that share a file or a speaker, whatever the corpus folders are called (a
     symlinked copy, the same talker as ``p232`` and ``vctk_p232``): model selection must not see test material.
 
@@ -117,11 +120,11 @@ def check_disjoint(valid: Any, test: Any) -> None:
 
         shared = sorted(files(valid) & files(test))
         if shared:
-            raise DataError(f"data.valid and data.test share {len(shared)} file(s), e.g. '{shared[0]}': validation "
+            raise DataError(f"data.valid and {key} share {len(shared)} file(s), e.g. '{shared[0]}': validation "
                             "(model selection) must not see test material")
     both = [(v, t) for v in valid.speakers() for t in test.speakers() if speaker_matches(v, t)]
     if both:
-        raise DataError(f"data.valid speaker '{both[0][0]}' and data.test speaker '{both[0][1]}' are the same talker: "
+        raise DataError(f"data.valid speaker '{both[0][0]}' and {key} speaker '{both[0][1]}' are the same talker: "
                         "validation (model selection) must not see the test speakers")
 
 
@@ -162,12 +165,19 @@ def preflight(plan: SweepPlan, *, tracking: bool = True, address: str | None = N
             raise DataError(f"data: cannot read '{exc.filename}': {exc.strerror or exc}") from None
         log(f"[preflight] data: {scan.files} audio files, {scan.seconds / 60:.1f} min, {depth} scan in "
             f"{scan.elapsed_s:.1f} s" + "".join(f"; {n}" for n in scan.notes))
-    pesq_mode, client = None, None
+    pesq_mode, client, modes = None, None, {}
     if tracking:
         client = client_for(plan.tracking_uri)
         check_experiment(client, plan.tracking_uri, plan.experiment)
         # builds the valid/test sets (simulated or extracted ones are written to their cache once)
         valid, test = source.eval_sets()
-        check_disjoint(valid, test)
-        pesq_mode = resolve_pesq_mode(plan.cfg.data.test.pesq_mode, test)
-    return Preflight(pesq_mode, scan, client)
+        data = plan.cfg.data
+        check_disjoint(valid, test, f"data.test '{data.test.name}'" if data.test.name else "data.test")
+        pesq_mode = resolve_pesq_mode(data.test.pesq_mode, test)
+        if data.test.name:
+            modes[data.test.name] = pesq_mode
+        extra = source.extra_test_sets() if data.extra_tests else {}
+        for part in data.extra_tests:
+            check_disjoint(valid, extra[str(part.name)], f"data.test '{part.name}'")
+            modes[str(part.name)] = resolve_pesq_mode(part.pesq_mode, extra[str(part.name)])
+    return Preflight(pesq_mode, scan, client, modes)

@@ -63,7 +63,7 @@ def run_sweep(plan: SweepPlan, report: bool = True, callbacks: list[Callback] | 
         check_resources(plan)  # before the MLflow experiment, the teacher, the parent run or any trial
         exp_id = experiment_id(client, plan)
         teachers = ensure_teachers(plan)
-        parent = start_parent_run(client, plan, exp_id, pesq_mode)
+        parent = start_parent_run(client, plan, exp_id, pesq_mode, checked.pesq_modes)
         for name, (path, meta) in teachers.items():
             log_teacher_run(client, plan, exp_id, parent, meta, path, name)
         teacher_paths = {plan.teacher(name).key: str(path) for name, (path, _) in teachers.items()}

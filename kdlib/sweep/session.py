@@ -43,6 +43,8 @@ class SweepOutcome:
     #: the Ray Tune experiment directory (``kdlib sweep resume`` takes it)
     experiment_dir: Path | None = None
     smoke: bool = False
+    #: the MLflow experiment id (for the UI link)
+    experiment_id: str | None = None
 
 
 class ProgressCallback(Callback):
@@ -187,14 +189,26 @@ def finish_sweep(results, plan: SweepPlan, client, parent: str, report: bool, st
         client.set_terminated(parent, "FINISHED")
         if report:
             from kdlib.report import write_report
+            from kdlib.sweep.listening import examples_maker
 
             paths = write_report(plan.tracking_uri, plan.experiment, plan.output / "reports" / plan.name,
-                                 parent_run_id=parent)
+                                 parent_run_id=parent, examples=examples_maker(_test_corpus(plan), plan.tracking_uri))
             from kdlib.sweep.tracking import log_report
 
             log_report(client, parent, paths)
     return SweepOutcome(plan.experiment, parent, plan.tracking_uri, len(results), errored, paths,
-                        time.perf_counter() - start, unfinished, experiment_dir, plan.smoke)
+                        time.perf_counter() - start, unfinished, experiment_dir, plan.smoke,
+                        client.get_run(parent).info.experiment_id)
+
+
+def _test_corpus(plan: SweepPlan) -> Any:
+    """The primary test set, for the HTML report's listening examples (None, with a warning, when it cannot
+    be built: the report stands without them)."""
+    try:
+        return plan.data_source().eval_sets()[1]
+    except Exception as exc:  # noqa: BLE001
+        print(f"[sweep] warning: no listening examples ({type(exc).__name__}: {first_line(exc)})", flush=True)
+        return None
 
 
 # ---- the sweep record ---------------------------------------------------------------------------------

@@ -12,18 +12,21 @@ from typing import Any
 import torch
 
 from kdlib.data.sources import SweepData
-from kdlib.evaluation import evaluate_noisy, resolve_pesq_mode, utterance_ids
 from kdlib.kd import build_kd_method
 from kdlib.losses import task_loss_for
 from kdlib.models import build_model, load_model, save_checkpoint
 from kdlib.sweep import contract
 from kdlib.sweep.plan import SweepPlan
+from kdlib.sweep.testsets import score_test_sets
 from kdlib.train import Trainer, TrainSettings, resolve_device
 from kdlib.train.trainer import Log
 
 #: the teacher's own seed (initialisation; its training mixtures are the sweep's ``data.seed``, like every
 #: trial's, and its batches keep the dataset order)
 TEACHER_SEED = 0
+#: key of a teacher checkpoint's ``meta`` with its per-utterance scores: artifact file name → rows
+#: (teachers of kdlib before several test sets kept ``test_scores`` / ``noisy_scores`` row lists instead)
+SCORE_FILES = "score_files"
 
 
 def train_teacher(plan: SweepPlan, path: str | Path | None = None, data: SweepData | None = None,
@@ -32,8 +35,8 @@ def train_teacher(plan: SweepPlan, path: str | Path | None = None, data: SweepDa
 
     ``name`` picks one of the sweep's ``teachers:`` (None: the single ``teacher:``). The checkpoint's
     ``meta`` holds the teacher's params, MACs per second of audio, validation SI-SDR (dB), test
-    PESQ/STOI/ESTOI/SI-SDR and the noisy input's scores on the same test set (means, and per utterance
-    under ``test_scores`` / ``noisy_scores``), so the sweep logs the teacher and noisy reference points
+    PESQ/STOI/ESTOI/SI-SDR and the noisy input's scores on every test set (means, and per utterance
+    under ``score_files``: file name → rows), so the sweep logs the teacher and noisy reference points
     without evaluating again.
 
     Returns:
@@ -63,12 +66,9 @@ def train_teacher(plan: SweepPlan, path: str | Path | None = None, data: SweepDa
     workers = eval_workers or teacher.threads
     valid = trainer.valid_scores(num_workers=workers, pesq_mode=plan.cfg.data.valid.pesq_mode) \
         .as_flat_dict(contract.VALID_PREFIX)
-    test_summary = trainer.test(num_workers=workers)
-    test = test_summary.as_flat_dict(contract.TEST_PREFIX)
-    mode = resolve_pesq_mode(plan.cfg.data.test.pesq_mode, data.test)
-    noisy_summary = evaluate_noisy(data.test, mode, num_workers=workers)
-    noisy = noisy_summary.as_flat_dict(contract.NOISY_PREFIX)
-    ids = utterance_ids(data.test)
+    scores = score_test_sets(lambda corpus, m: trainer.test(workers, corpus, m), data, plan.cfg.data, noisy=True,
+                             num_workers=workers)
+    mode = scores.pesq_modes[None]
     meta = {
         "role": contract.ROLE_TEACHER, "teacher_hash": teacher_plan.hash, "sweep": plan.name, "pesq_mode": mode,
         "teacher_name": teacher_plan.key, "model": teacher.model.name,
@@ -77,13 +77,14 @@ def train_teacher(plan: SweepPlan, path: str | Path | None = None, data: SweepDa
         "audio_seconds_per_second": sum(h["audio_seconds_per_second"] for h in history) / len(history),
         contract.SELECTION_METRIC: trainer.best_val,
         "history": [{k: float(v) for k, v in h.items()} for h in history],
-        **{k: float(v) for k, v in figures.items()}, **valid, **test, **noisy,
-        # per-utterance rows, logged as the teacher run's CSV artifacts (the report's statistics read them)
-        "test_scores": test_summary.rows(ids), "noisy_scores": noisy_summary.rows(ids),
+        **{k: float(v) for k, v in figures.items()}, **valid, **scores.metrics,
+        # per-utterance rows by file name, logged as the teacher run's CSV artifacts (the report reads them)
+        SCORE_FILES: scores.files,
     }
     save_checkpoint(trainer.best_model(), path, meta)
-    log(f"[teacher] saved {path}: test PESQ {test.get('test_pesq', float('nan')):.3f} "
-        f"(noisy {noisy.get('noisy_pesq', float('nan')):.3f}), STOI {test.get('test_stoi', float('nan')):.3f}")
+    m = scores.metrics
+    log(f"[teacher] saved {path}: test PESQ {m.get('test_pesq', float('nan')):.3f} "
+        f"(noisy {m.get('noisy_pesq', float('nan')):.3f}), STOI {m.get('test_stoi', float('nan')):.3f}")
     return meta
 
 

@@ -36,6 +36,7 @@ from kdlib.sweep.contract import (
     TEACHER_METHOD,
     TEST_SCORES_FILE,
     TRIAL_ID,
+    key_metrics,
 )
 from kdlib.sweep.plan import SweepPlan
 
@@ -227,15 +228,27 @@ def _log_dict(client, run_id: str, params: dict[str, Any] | None = None, metrics
         client.log_batch(run_id, metrics=ms[i:i + 900])
 
 
-def start_parent_run(client, plan: SweepPlan, exp_id: str, pesq_mode: str) -> str:
-    """Create the sweep's parent run; returns its run_id."""
+def _set_label(part) -> str:
+    return f"{part.corpus}:{','.join(part.speakers or ['all'])}"
+
+
+def start_parent_run(client, plan: SweepPlan, exp_id: str, pesq_mode: str,
+                     pesq_modes: dict[str, str] | None = None) -> str:
+    """Create the sweep's parent run; returns its run_id. ``pesq_modes``: the PESQ mode of each named test
+    set (params ``pesq_mode.<name>``, beside ``test_set.<name>``)."""
+    from kdlib.report.provenance import library_versions
+
     cfg = plan.cfg
     run = client.create_run(exp_id, run_name=f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                             tags={ROLE: ROLE_SWEEP, SMOKE_TEST: str(plan.smoke)})
     _log_dict(client, run.info.run_id, params={
         "config_hash": plan.config_hash, "git_commit": git_commit(), "sample_rate": cfg.data.sample_rate,
         "data_seed": cfg.data.seed,
-        "pesq_mode": pesq_mode, "test_set": f"{cfg.data.test.corpus}:{','.join(cfg.data.test.speakers or ['all'])}",
+        "pesq_mode": pesq_mode, "test_set": _set_label(cfg.data.test),
+        **({"test_sets": ",".join(str(t.name) for t in cfg.data.test_sets)} if cfg.data.extra_tests else {}),
+        **{f"test_set.{t.name}": _set_label(t) for t in cfg.data.test_sets if t.name},
+        **{f"pesq_mode.{name}": mode for name, mode in (pesq_modes or {}).items()},
+        **{f"version.{name}": v for name, v in library_versions().items()},
         "valid_set": f"{cfg.data.valid.corpus}:{','.join(cfg.data.valid.speakers or ['all'])}",
         "teacher_model": ",".join(cfg.teacher_cfg(t).model.name for t in cfg.teacher_names()),
         "epochs": cfg.training.epochs,
@@ -254,14 +267,18 @@ def log_teacher_run(client, plan: SweepPlan, exp_id: str, parent_id: str, meta: 
     try:
         log_model_artifact(client, run.info.run_id, teacher_path)
         with tempfile.TemporaryDirectory() as folder:
-            for key, file in (("test_scores", TEST_SCORES_FILE), ("noisy_scores", NOISY_SCORES_FILE)):
-                if meta.get(key):  # teachers trained before kdlib kept per-utterance scores have none
-                    client.log_artifact(run.info.run_id, str(write_score_rows(Path(folder) / file, meta[key])))
+            # teachers trained before several test sets kept two row lists; before that, none
+            files = meta.get("score_files") or {file: meta[key] for key, file in (
+                ("test_scores", TEST_SCORES_FILE), ("noisy_scores", NOISY_SCORES_FILE)) if meta.get(key)}
+            for file, rows in files.items():
+                client.log_artifact(run.info.run_id, str(write_score_rows(Path(folder) / file, rows)))
     except Exception as exc:  # noqa: BLE001 - the teacher file under the output folder stays the reference
         print(f"[sweep] warning: could not log the teacher checkpoint to MLflow ({type(exc).__name__}: "
               f"{first_line(exc)}); its tag points at {teacher_path}", flush=True)
-    metrics = {k: v for k, v in meta.items() if isinstance(v, int | float) and k != "epochs"}
+    metrics = {k: v for k, v in meta.items() if isinstance(v, int | float) and not isinstance(v, bool)
+               and k != "epochs"}
     metrics["params_pct"] = 100.0
+    metrics.update(key_metrics(metrics))
     _log_dict(client, run.info.run_id, params={
         "method": TEACHER_METHOD, "student_ratio": 1.0, "model": cfg.teacher_cfg(name).model.name,
         **({"teacher": name} if name else {}),
@@ -313,8 +330,7 @@ def log_student(client, run_id: str, trial) -> str | None:
             if student is None:
                 return None
             try:
-                scores = student.parent / TEST_SCORES_FILE
-                if scores.is_file():
+                for scores in sorted(student.parent.glob(f"{Path(TEST_SCORES_FILE).stem}*.csv")):
                     client.log_artifact(run_id, str(scores))
                 return log_model_artifact(client, run_id, student)
             except Exception as exc:  # noqa: BLE001 - MLflow/artifact-store/OS errors must not end the sweep
@@ -409,6 +425,8 @@ class MLflowTrialLogger(LoggerCallback):
             return  # this epoch is in the run already (a trial restored from an older checkpoint)
         metrics = {k: v for k, v in result.items() if k not in _SKIP and "/" not in k}
         _log_dict(self.client, self._runs[trial.trial_id], metrics=metrics, step=step)
+        # at step 0 like the teacher's, so the chart view draws one bar per run
+        _log_dict(self.client, self._runs[trial.trial_id], metrics=key_metrics(metrics))
         self._last_step[trial.trial_id] = step
 
     def log_trial_end(self, trial, failed: bool = False) -> None:

@@ -12,18 +12,19 @@ import math
 import os
 import tempfile
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from kdlib.evaluation import utterance_ids
 from kdlib.kd import build_kd_method
 from kdlib.losses import task_loss_for
 from kdlib.metrics import write_score_rows
 from kdlib.models import build_model, count_params, load_model, save_checkpoint, size_student
 from kdlib.sweep import contract
 from kdlib.sweep.plan import SweepPlan
+from kdlib.sweep.testsets import score_test_sets
 from kdlib.train import Trainer, TrainSettings, resolve_device
 
 
@@ -40,7 +41,8 @@ def kd_trial(config: dict[str, Any], plan: SweepPlan, teacher_paths: dict[str, s
     ``kd_extra_params``, ``achieved_ratio``, ``audio_seconds_per_second``; after the last epoch
     also ``valid_pesq``, ``valid_stoi``, ``valid_estoi``, ``valid_si_sdr`` (the best-validation student on the
     validation set: what the report selects on) and ``test_pesq``, ``test_stoi``, ``test_estoi``,
-    ``test_si_sdr`` (+ ``*_missing`` counts).
+    ``test_si_sdr`` (+ ``*_missing`` counts) on the primary test set, and ``test_<name>_*`` on every named one
+    (per-utterance rows in ``test_scores.csv`` / ``test_scores_<name>.csv`` in the final checkpoint).
     """
     from ray import tune
 
@@ -106,8 +108,8 @@ def kd_trial(config: dict[str, Any], plan: SweepPlan, teacher_paths: dict[str, s
         if final:
             metrics.update(trainer.valid_scores(num_workers=threads, pesq_mode=cfg.data.valid.pesq_mode)
                            .as_flat_dict(contract.VALID_PREFIX))
-            scores = trainer.test(num_workers=threads)
-            metrics.update(scores.as_flat_dict(contract.TEST_PREFIX))
+            scores = score_test_sets(partial(trainer.test, threads), data, cfg.data)  # (corpus, pesq_mode)
+            metrics.update(scores.metrics)
         pesq_key = f"{contract.TEST_PREFIX}pesq"
         test_line = f" test PESQ {metrics[pesq_key]:.3f}" if pesq_key in metrics else ""
         print(f"[{spec.label()}] epoch {trainer.epoch}/{trainer.epochs} loss {metrics['train_loss']:.4f} "
@@ -124,7 +126,8 @@ def kd_trial(config: dict[str, Any], plan: SweepPlan, teacher_paths: dict[str, s
                     # the saved weights are the best epoch's: so is the validation score beside them
                     contract.SELECTION_METRIC: trainer.best_val,
                 })
-                write_score_rows(Path(d) / contract.TEST_SCORES_FILE, scores.rows(utterance_ids(data.test)))
+                for file, rows in scores.files.items():
+                    write_score_rows(Path(d) / file, rows)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
     # a finished trial gives its GPU memory back at once (its actor process exits right after, and
     # nothing module-level holds a trial's tensors)

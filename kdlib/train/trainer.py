@@ -391,12 +391,13 @@ class Trainer:
         mode = resolve_pesq_mode(pesq_mode, self.data.valid)
         return evaluate_model(self.best_model(), self.data.valid, mode, num_workers=num_workers, device=self.device)
 
-    def test(self, num_workers: int = 1) -> MetricSummary:
-        """PESQ/STOI/ESTOI/SI-SDR of the best-validation student on the test corpus, PESQ in
-        ``settings.pesq_mode`` (``auto``: the corpus' hint); ``num_workers`` scoring processes.
-        The caller flattens it (e.g. ``summary.as_flat_dict("test_")``)."""
-        mode = resolve_pesq_mode(self.settings.pesq_mode, self.data.test)
-        return evaluate_model(self.best_model(), self.data.test, mode, num_workers=num_workers, device=self.device)
+    def test(self, num_workers: int = 1, corpus: Any = None, pesq_mode: str | None = None) -> MetricSummary:
+        """PESQ/STOI/ESTOI/SI-SDR of the best-validation student on a test corpus (None: the primary test
+        set), PESQ in ``pesq_mode`` (None: ``settings.pesq_mode``; ``auto``: the corpus' hint);
+        ``num_workers`` scoring processes. The caller flattens it (e.g. ``summary.as_flat_dict("test_")``)."""
+        corpus = self.data.test if corpus is None else corpus
+        mode = resolve_pesq_mode(self.settings.pesq_mode if pesq_mode is None else pesq_mode, corpus)
+        return evaluate_model(self.best_model(), corpus, mode, num_workers=num_workers, device=self.device)
 
     # -- checkpoint state ---------------------------------------------------------------------
     def state(self) -> dict[str, Any]:

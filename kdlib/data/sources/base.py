@@ -48,14 +48,21 @@ class SweepData:
             ``(L,)`` for mono sources, ``(C, L)`` / ``(L,)`` for multi-channel ones (C = the source's
             ``input_channels``, clean = the reference channel's target), L = segment length in samples.
         valid, test: paired sets whose ``load(i)`` returns ``(noisy, clean)`` numpy arrays of the same shapes
-            (whole utterances), with ``sample_rate`` (Hz), ``speakers()`` and ``pesq_mode_hint``.
+            (whole utterances), with ``sample_rate`` (Hz), ``speakers()`` and ``pesq_mode_hint``; ``test`` is
+            the primary test set (``data.test``, the first of a list).
         train_speakers: the speaker labels left for training (sorted as the source lists them).
+        extra_tests: the other named test sets of a ``data.test`` list, by name, in the list's order.
     """
 
     train: EpochDataset
     valid: EvalSet
     test: EvalSet
     train_speakers: list[str]
+    extra_tests: dict[str, EvalSet] = dataclasses.field(default_factory=dict)
+
+    def test_sets(self) -> list[tuple[str | None, EvalSet]]:
+        """``(name, set)`` of every test set: the primary first (name None), then the named extra ones."""
+        return [(None, self.test), *self.extra_tests.items()]
 
 
 class DataSource:
@@ -103,7 +110,7 @@ class DataSource:
         d = data.model_copy(deep=True)
         d.train.segments_per_epoch = smoke.segments_per_epoch
         d.train.segment_seconds = smoke.segment_seconds
-        for split in (d.valid, d.test):
+        for split in (d.valid, d.test, *d.extra_tests):
             if split is not None:
                 split.max_utterances = min(split.max_utterances or smoke.max_utterances, smoke.max_utterances)
         return d
@@ -169,6 +176,11 @@ class DataSource:
         """
         raise NotImplementedError
 
+    def extra_test_sets(self) -> dict[str, EvalSet]:
+        """The named test sets after the first of a ``data.test`` list, by name (only paired corpora have them;
+        the schema refuses a list with ``data.array`` / ``data.l3das23``)."""
+        return {}
+
     def build(self, seed: int = 0) -> SweepData:
         """The training set (drawn with ``seed``; every valid/test speaker left out) plus :meth:`eval_sets`.
 
@@ -184,7 +196,9 @@ class DataSource:
 
     def _key_blob(self) -> dict[str, Any]:
         return {"sample_rate": self.data.sample_rate, "valid": self.data.valid.model_dump(mode="json"),
-                "test": self.data.test.model_dump(mode="json")}
+                "test": self.data.test.model_dump(mode="json"),
+                **({"extra_tests": [t.model_dump(mode="json") for t in self.data.extra_tests]}
+                   if self.data.extra_tests else {})}
 
 
 def short_hash(blob: dict[str, Any], n: int = 12) -> str:

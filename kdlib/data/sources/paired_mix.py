@@ -52,8 +52,17 @@ class PairedMixSource(DataSource):
         assert self.data.valid is not None and self.data.test is not None  # the schema refuses neither/both
         return self.split(self.data.valid), self.split(self.data.test)
 
+    def extra_test_sets(self) -> dict[str, PairedCorpus]:
+        """The named test sets after the first of a ``data.test`` list, by name.
+
+        Raises:
+            DataError: as :meth:`split`.
+        """
+        return {str(part.name): self.split(part) for part in self.data.extra_tests}
+
     def _held_out(self, valid: PairedCorpus, test: PairedCorpus) -> set[str]:
-        return set(valid.speakers()) | set(test.speakers()) | set(self.data.train.exclude_speakers)
+        extra = {s for corpus in self.extra_test_sets().values() for s in corpus.speakers()}
+        return set(valid.speakers()) | set(test.speakers()) | extra | set(self.data.train.exclude_speakers)
 
     def train_speech(self, valid: PairedCorpus, test: PairedCorpus) -> tuple[list[str], list[Path]]:
         """The training speakers (every ``data.train.speech`` folder with audio but the valid/test speakers
@@ -87,11 +96,12 @@ class PairedMixSource(DataSource):
         report = scan_training_mix(files, list_noise(self.root, cfg.train.noise), speech_dir=speech_dir,
                                    noise_dir=noise_dir, held_out=self._held_out(valid, test), sample_rate=sr,
                                    segment_seconds=cfg.train.segment_seconds, depth=depth)
-        for name, corpus in (("valid", valid), ("test", test)):
-            part = getattr(cfg, name)
+        extra = self.extra_test_sets()
+        sets = [("valid", valid, cfg.valid, "data.valid.corpus"), ("test", test, cfg.test, "data.test.corpus"),
+                *(("test", extra[str(p.name)], p, f"data.test '{p.name}'") for p in cfg.extra_tests)]
+        for kind, corpus, part, key in sets:
             report = report + scan_pairs([(p.noisy, p.clean) for p in corpus], sample_rate=sr, channels=1,
-                                         kind=name, depth=depth,
-                                         where=f"the corpus '{part.corpus}' (data.{name}.corpus)")
+                                         kind=kind, depth=depth, where=f"the corpus '{part.corpus}' ({key})")
         return report
 
     def build(self, seed: int = 0) -> SweepData:
@@ -103,4 +113,4 @@ class PairedMixSource(DataSource):
             segment_seconds=cfg.train.segment_seconds, snr_db=tuple(cfg.train.snr_db),
             num_segments=cfg.train.segments_per_epoch, seed=seed,
         )
-        return SweepData(mixer, valid, test, train_speakers)
+        return SweepData(mixer, valid, test, train_speakers, self.extra_test_sets())
