@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -50,9 +51,11 @@ def report_outcome(outcome) -> int:
         print(f"[sweep] {name}: {path}")
     print(f"[sweep] browse: mlflow ui --backend-store-uri {outcome.tracking_uri} --workers 1")
     if outcome.experiment_id is not None:
-        from kdlib.report.html import chart_view_url
+        from kdlib.report.build import MLFLOW_UI_ENV
+        from kdlib.report.html import DEFAULT_MLFLOW_UI, chart_view_url
 
-        print(f"[sweep] chart view: {chart_view_url(outcome.experiment_id)}")
+        ui = os.environ.get(MLFLOW_UI_ENV) or DEFAULT_MLFLOW_UI
+        print(f"[sweep] chart view (with mlflow ui running): {chart_view_url(outcome.experiment_id, ui)}")
     if outcome.unfinished:
         return 130
     # a real sweep survives crashed trials; in a smoke test any crash is a bug
@@ -91,22 +94,34 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_corpus(config: str, experiment: str):
+    """``(primary test set, its label)`` of ``config`` for the listening examples; ``(None, None)`` (with a
+    warning) when it cannot be built."""
+    from kdlib.config import load_config
+    from kdlib.errors import first_line
+    from kdlib.sweep.contract import set_label
+    from kdlib.sweep.plan import make_plan
+
+    plan = make_plan(load_config(config), smoke=experiment.endswith("-smoke"), check=False)
+    try:
+        return plan.data_source().eval_sets()[1], set_label(plan.cfg.data.test)
+    except Exception as exc:  # noqa: BLE001 - the report stands without the audio
+        print(f"kdlib: warning: no listening examples ({type(exc).__name__}: {first_line(exc)})", file=sys.stderr)
+        return None, None
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from kdlib.report import write_report
     from kdlib.sweep.plan import resolve_output, resolve_tracking_uri
 
     out = Path(args.out) if args.out else resolve_output() / "reports" / args.experiment
-    corpus = None
+    corpus, label = None, None
     if args.config:  # the sweep's YAML gives the test audio of the HTML report's listening examples
-        from kdlib.config import load_config
-        from kdlib.sweep.plan import make_plan
-
-        plan = make_plan(load_config(args.config), smoke=args.experiment.endswith("-smoke"), check=False)
-        corpus = plan.data_source().eval_sets()[1]
+        corpus, label = _report_corpus(args.config, args.experiment)
     from kdlib.sweep.listening import examples_maker
 
     uri = resolve_tracking_uri(args.tracking_uri)
-    paths = write_report(uri, args.experiment, out, args.run_id, examples=examples_maker(corpus, uri),
+    paths = write_report(uri, args.experiment, out, args.run_id, examples=examples_maker(corpus, uri, test_set=label),
                          mlflow_ui=args.mlflow_ui)
     for name, path in paths.items():
         print(f"{name}: {path}")

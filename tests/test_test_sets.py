@@ -171,7 +171,7 @@ def test_set_view_puts_a_named_sets_scores_in_the_plain_columns():
     assert view.attrs["provenance"]["pesq_mode"] == "nb" and df.attrs["provenance"]["pesq_mode"] == "wb"
     assert named_test_sets(df.attrs["provenance"]) == ["vb_demand", "noizeus"] and named_test_sets({}) == []
     result = set_result(df, df.attrs["provenance"], nz, "noizeus")
-    assert result.label == "`noizeus` (noizeus:noizeus_spk3, PESQ nb)"
+    assert result.label == "Test set `noizeus` (noizeus:noizeus_spk3, PESQ nb)"
 
 
 def test_each_test_set_gets_its_own_section_statistics_and_tables(tmp_path):
@@ -258,6 +258,30 @@ def test_the_html_report_renders_in_headless_chromium(tmp_path):
                           "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120).stdout
     assert len(re.findall(r'class="main-svg"', dom)) >= 4  # plotly drew every figure
     assert dom.count("<audio") == 2 and "sortable" in dom
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium (apt-get install chromium)")
+def test_a_click_on_a_header_sorts_that_tables_rows_by_that_column(tmp_path):
+    """The last table of the page (every finished trial) sorted by a click on its ``PESQ (test)`` header, then on
+    its ``run`` header (full run ids, not the 8 digits shown)."""
+    path, df = _html(tmp_path)
+    probe = """<script>
+      var tables = document.querySelectorAll('table.sortable'), t = tables[tables.length - 1];
+      var heads = Array.from(t.tHead.rows[0].cells), col = function(name) {
+        return heads.findIndex(function(h) { return h.innerText === name; }); };
+      var read = function(i) { return Array.from(t.tBodies[0].rows).map(function(r) {
+        return r.cells[i].dataset.sort || r.cells[i].innerText; }).join('|'); };
+      heads[col('PESQ (test)')].click(); document.body.dataset.pesq = read(col('PESQ (test)'));
+      heads[col('run')].click(); document.body.dataset.run = read(col('run'));
+    </script></body>"""
+    page = tmp_path / "probe.html"
+    page.write_text(path.read_text().replace("</body>", probe))
+    dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=8000",
+                          "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    pesq = [float(v) for v in re.search(r'data-pesq="([^"]*)"', dom).group(1).split("|")]
+    runs = re.search(r'data-run="([^"]*)"', dom).group(1).split("|")
+    assert len(pesq) == 9 and pesq == sorted(pesq) and pesq[0] < pesq[-1]
+    assert runs == sorted(df.loc[df["role"] == "trial", "run_id"])
 
 
 # ---- listening examples ------------------------------------------------------------------------------------------

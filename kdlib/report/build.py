@@ -168,7 +168,8 @@ def write_report(
     Args:
         tracking_uri: MLflow tracking URI, e.g. ``sqlite:////abs/path/mlflow.db``.
         experiment: experiment (= sweep) name.
-        out_dir: directory for ``pareto.png``, ``pareto_stoi.png`` and ``report.md``.
+        out_dir: directory for ``report.html``, ``pareto.png``, ``pareto_stoi.png``, ``report.md``, ``summary.csv``
+            and ``significance.csv``.
         parent_run_id: sweep parent run; ``None`` = the most recent sweep of the experiment.
         examples: makes ``report.html``'s listening examples (:func:`kdlib.sweep.listening.examples_maker`, which
             needs the test audio and torch); None: the HTML report says how to add them.

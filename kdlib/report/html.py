@@ -2,8 +2,8 @@
 offline), sortable tables with links to each MLflow run, provenance with library versions, and listening
 examples (embedded audio players and spectrograms, :mod:`kdlib.report.listening`).
 
-It renders the same numbers as ``report.md`` (the table builders of :mod:`kdlib.report.markdown`); nothing is
-chosen on the test set here either.
+It renders the numbers of ``report.md`` with the same table builders (:mod:`kdlib.report.markdown`), plus a
+front table per extra test set; nothing is chosen on the test set here either.
 """
 
 from __future__ import annotations
@@ -55,16 +55,20 @@ td:first-child,th:first-child{text-align:left}
 .clip td{vertical-align:middle}.clip img{display:block;height:110px}
 """
 
-# click a header to sort by it (numbers by value: "1.873 ± 0.025" sorts as 1.873, "61 M" as 61)
+# click a header to sort by its column (numbers by value: "1.873 ± 0.025" sorts as 1.873, "61 M" as 61; text and
+# missing values after the numbers; a cell's data-sort, e.g. a full run id, wins over its text)
 _SORT_JS = """
-document.querySelectorAll('table.sortable th').forEach(function(th, i) {
+document.querySelectorAll('table.sortable th').forEach(function(th) {
   th.addEventListener('click', function() {
-    var body = th.closest('table').tBodies[0], rows = Array.from(body.rows);
+    var col = th.cellIndex, body = th.closest('table').tBodies[0], rows = Array.from(body.rows);
     var dir = th.dataset.dir === 'asc' ? -1 : 1; th.dataset.dir = dir === 1 ? 'asc' : 'desc';
-    var key = function(r) { var t = r.cells[i].innerText.trim();
-      var n = parseFloat(t.replace(/,/g, '').replace('\u2212', '-')); return isNaN(n) ? t : n; };
+    var key = function(r) { var c = r.cells[col]; if (!c) { return [2, '']; }
+      var t = (c.dataset.sort !== undefined ? c.dataset.sort : c.innerText).trim();
+      var n = c.dataset.sort !== undefined ? NaN : parseFloat(t.replace(/,/g, '').replace('\u2212', '-'));
+      return isNaN(n) ? [t === '' || t === '\u2014' ? 2 : 1, t] : [0, n]; };
     rows.sort(function(a, b) { var x = key(a), y = key(b);
-      return (typeof x === 'number' && typeof y === 'number' ? x - y : String(x).localeCompare(String(y))) * dir; });
+      if (x[0] !== y[0]) { return x[0] - y[0]; }
+      return (x[0] === 0 ? x[1] - y[1] : String(x[1]).localeCompare(String(y[1]))) * dir; });
     rows.forEach(function(r) { body.appendChild(r); });
   });
 });
@@ -114,8 +118,13 @@ class _Page:
     def table(self, table: Table) -> None:
         header, rows = table
         head = "".join(f"<th title='click to sort'>{_inline(h)}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{self.link_runs(c)}</td>" for c in r) + "</tr>" for r in rows)
+        body = "".join("<tr>" + "".join(self._cell(c) for c in r) + "</tr>" for r in rows)
         self.add(f"<table class='sortable'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+    def _cell(self, text: str) -> str:
+        # a cell that is one run id sorts by it as text (its link shows 8 hex digits, which may parse as a number)
+        sort = f" data-sort='{html.escape(text)}'" if _RUN_ID.fullmatch(text.strip()) else ""
+        return f"<td{sort}>{self.link_runs(text)}</td>"
 
     def note(self, text: str) -> None:
         self.add(f"<p class='note'>{_inline(text)}</p>")
@@ -124,6 +133,14 @@ class _Page:
         out = fig.to_html(full_html=False, include_plotlyjs=self._plotly_js, config={"responsive": True})
         self._plotly_js = False
         return out
+
+
+def _text(value: Any) -> str:
+    """A cell's text: ``—`` for a missing value (NaN, None, pandas NA)."""
+    try:
+        return "—" if pd.isna(value) else str(value)
+    except (TypeError, ValueError):  # a list or array
+        return str(value)
 
 
 def _knobs(row: pd.Series, extras: Sequence[str]) -> str:
@@ -150,7 +167,7 @@ def front_figure(result: SetResult, metric: str, cost: str, title: str, mlflow_u
         color = "#7f7f7f" if method == BASELINE_METHOD else palette[i % len(palette)]
         g = finished[finished["method"].astype(str) == method]
         custom = [[run_url(mlflow_ui, experiment_id, str(r["run_id"])) or "", str(r["run_id"]),
-                   f"{r['student_ratio']:g}", str(r.get("seed")), _knobs(r, extras),
+                   f"{r['student_ratio']:g}", _text(r.get("seed")), _knobs(r, extras),
                    f"{r['kd_weight']:.3g}" if isnum(r.get("kd_weight")) else "—",
                    f"{r[valid_col]:{spec.fmt}}" if isnum(r.get(valid_col)) else "—"] for _, r in g.iterrows()]
         fig.add_trace(go.Scatter(
@@ -219,7 +236,8 @@ def _set_sections(page: _Page, result: SetResult, plots: Sequence[tuple[str, str
             page.note(f"No KD trial has a finished `{BASELINE_METHOD}` twin with per-utterance scores to compare.")
         else:
             page.table(significance_cells(result.table))
-            page.note(significance_note())
+            page.note(significance_note() + (" Holm corrects within this test set; each test set is its own family "
+                                              "of comparisons." if result.name else ""))
 
 
 def _runs_table(result: SetResult) -> Table:
@@ -230,8 +248,8 @@ def _runs_table(result: SetResult) -> Table:
               "valid PESQ", *[f"{m.column_label} (test)" for m in shown]]
     rows = []
     for _, r in f.iterrows():
-        rows.append([str(r["run_id"]), str(r["method"]), f"{r['student_ratio']:g}", str(r.get("seed")),
-                     *[str(r.get(c)) for c in extras],
+        rows.append([str(r["run_id"]), str(r["method"]), f"{r['student_ratio']:g}", _text(r.get("seed")),
+                     *[_text(r.get(c)) for c in extras],
                      f"{r['kd_weight']:.3g}" if isnum(r.get("kd_weight")) else "—",
                      f"{r['params']:,.0f}" if isnum(r.get("params")) else "—",
                      f"{r['valid_pesq']:.3f}" if isnum(r.get("valid_pesq")) else "—",
@@ -286,10 +304,14 @@ def write_html(path: str | Path, title: str, prov: dict[str, Any], primary: SetR
     warnings = []
     for result in (primary, *extra_sets):
         gate = result.gate
-        if gate is not None and not gate.empty and (gate["ok"].astype(object) == False).any():  # noqa: E712
-            where = f" on test set {result.name}" if result.name else ""
+        if gate is None or gate.empty:
+            continue
+        flagged = gate["ok"].map(lambda v: v is not None and not (isinstance(v, float) and v != v) and not bool(v))
+        if flagged.any():
+            where = f" on test set `{result.name}`" if result.name else ""
+            sizes = ", ".join(f"{r:g}" for r in gate.loc[flagged, "student_ratio"])
             warnings.append(f"⚠ **{GATE_WARNING}**{where}: it is not significantly better than the "
-                            f"`{BASELINE_METHOD}` students of every size (see Teacher quality).")
+                            f"`{BASELINE_METHOD}` students at student_ratio {sizes} (see Teacher quality).")
     page.add(f"<h1>{html.escape(title)}</h1>", *[f"<p class='warn'>{_inline(w)}</p>" for w in warnings])
     finished, trials = primary.rows.finished, primary.rows.trials
     sets = ", ".join(r.label for r in (primary, *extra_sets))
@@ -311,10 +333,10 @@ def write_html(path: str | Path, title: str, prov: dict[str, Any], primary: SetR
     items += [(f"version {k}", v) for k, v in sorted(recorded.items())]
     items += [(f"version {k} (at report time)", v) for k, v in sorted((versions or {}).items()) if k not in recorded]
     page.table((["item", "value"], [[k, v] for k, v in items]))
-    page.add(f"<h2>Test set {_inline(primary.label)} (primary)</h2>")
+    page.add(f"<h2>{_inline(primary.label)}{' (primary)' if extra_sets else ''}</h2>")
     _set_sections(page, primary, PLOTS, primary.name or "test")
     for result in extra_sets:
-        page.add(f"<h2>Test set {_inline(result.label)}</h2>")
+        page.add(f"<h2>{_inline(result.label)}</h2>")
         page.note("The same runs scored on this set; every choice was made on validation.")
         _set_sections(page, result, PLOTS[:1], result.name or "test")
     page.add("<h2>Every finished trial (primary test set)</h2>")

@@ -343,7 +343,7 @@ def _gate_warning(gate: pd.DataFrame, name: str | None) -> list[str]:
 def _set_lines(result: Any) -> list[str]:
     """The section of a named test set after the primary: reference points, teacher quality, the per-method
     summary and the significance table, all on that set (selection stays on validation)."""
-    lines = [f"## Test set {result.label}", "",
+    lines = [f"## {result.label}", "",
              "The same runs scored on this set; every choice (front cells, best epochs) was made on validation.", "",
              "### Reference points", ""]
     lines += _reference_lines(result.rows.teacher)

@@ -37,10 +37,10 @@ class SetResult:
 
     @property
     def label(self) -> str:
-        """``vb_demand (vb_demand:p232, PESQ wb)``-style label for headings."""
+        """``Test set `noizeus` (noizeus:noizeus_spk3, PESQ nb)``-style label for headings."""
         where = ", ".join(str(v) for v in (self.prov.get("test_set"), self.prov.get("pesq_mode") and
                                            f"PESQ {self.prov['pesq_mode']}") if v)
-        head = f"`{self.name}`" if self.name else "test set"
+        head = f"Test set `{self.name}`" if self.name else "Test set"
         return f"{head} ({where})" if where else head
 
 

@@ -50,6 +50,12 @@ def set_prefix(name: str | None = None) -> str:
     return f"{TEST_PREFIX}{name}_" if name else TEST_PREFIX
 
 
+def set_label(part) -> str:
+    """A test set's label in the parent run's ``test_set`` / ``test_set.<name>`` params: ``corpus:speaker,...``
+    (``all`` without a speaker list); ``part`` is a ``data.test`` entry."""
+    return f"{part.corpus}:{','.join(part.speakers or ['all'])}"
+
+
 def noisy_prefix(name: str | None = None) -> str:
     """Metric prefix of the unprocessed input on a test set: ``noisy_`` / ``noisy_<name>_``."""
     return f"{NOISY_PREFIX}{name}_" if name else NOISY_PREFIX

@@ -44,13 +44,22 @@ def load_players(result: SetResult, tracking_uri: str, device: str = "cpu") -> l
     return players
 
 
-def examples_maker(corpus: Any, tracking_uri: str, device: str = "cpu") -> Maker | None:
+def examples_maker(corpus: Any, tracking_uri: str, device: str = "cpu", test_set: str | None = None) -> Maker | None:
     """The ``examples`` argument of :func:`kdlib.report.write_report` for ``corpus`` (the primary test set); None
-    when there is no corpus. A failure becomes the HTML report's one-line reason, never a failed report."""
+    when there is no corpus. A failure becomes the HTML report's one-line reason, never a failed report.
+
+    Args:
+        test_set: the corpus' label (:func:`kdlib.sweep.contract.set_label`); when the sweep logged another
+            ``test_set``, the examples are refused (their scores would not match the clips).
+    """
     if corpus is None:
         return None
 
     def make(result: SetResult) -> tuple[list[Example] | None, str | None]:
+        logged = result.prov.get("test_set")
+        if test_set is not None and logged is not None and str(logged) != test_set:
+            return None, (f"No listening examples: the YAML's test set is {test_set}, the sweep's is {logged}; give "
+                          "`kdlib report --config` the sweep's own YAML.")
         try:
             from kdlib.evaluation import utterance_ids
 

@@ -37,6 +37,7 @@ from kdlib.sweep.contract import (
     TEST_SCORES_FILE,
     TRIAL_ID,
     key_metrics,
+    set_label,
 )
 from kdlib.sweep.plan import SweepPlan
 
@@ -228,10 +229,6 @@ def _log_dict(client, run_id: str, params: dict[str, Any] | None = None, metrics
         client.log_batch(run_id, metrics=ms[i:i + 900])
 
 
-def _set_label(part) -> str:
-    return f"{part.corpus}:{','.join(part.speakers or ['all'])}"
-
-
 def start_parent_run(client, plan: SweepPlan, exp_id: str, pesq_mode: str,
                      pesq_modes: dict[str, str] | None = None) -> str:
     """Create the sweep's parent run; returns its run_id. ``pesq_modes``: the PESQ mode of each named test
@@ -244,9 +241,9 @@ def start_parent_run(client, plan: SweepPlan, exp_id: str, pesq_mode: str,
     _log_dict(client, run.info.run_id, params={
         "config_hash": plan.config_hash, "git_commit": git_commit(), "sample_rate": cfg.data.sample_rate,
         "data_seed": cfg.data.seed,
-        "pesq_mode": pesq_mode, "test_set": _set_label(cfg.data.test),
-        **({"test_sets": ",".join(str(t.name) for t in cfg.data.test_sets)} if cfg.data.extra_tests else {}),
-        **{f"test_set.{t.name}": _set_label(t) for t in cfg.data.test_sets if t.name},
+        "pesq_mode": pesq_mode, "test_set": set_label(cfg.data.test),
+        **({"test_sets": ",".join(str(t.name) for t in cfg.data.test_sets)} if cfg.data.test.name else {}),
+        **{f"test_set.{t.name}": set_label(t) for t in cfg.data.test_sets if t.name},
         **{f"pesq_mode.{name}": mode for name, mode in (pesq_modes or {}).items()},
         **{f"version.{name}": v for name, v in library_versions().items()},
         "valid_set": f"{cfg.data.valid.corpus}:{','.join(cfg.data.valid.speakers or ['all'])}",
