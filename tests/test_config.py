@@ -54,8 +54,11 @@ def test_quickstart_is_the_issue_grid():
     cfg = load_plan(SWEEPS / "quickstart.yaml").cfg
     assert cfg.search.method == ["none", "output", "self_similarity"]
     assert cfg.search.student_ratio == [0.25, 0.04]
-    assert len(grid_points(cfg.search)) == 6
+    assert cfg.search.seed == [0, 1] and len(grid_points(cfg.search)) == 12
     assert cfg.data.test.corpus == "vb_demand" and cfg.data.test.pesq_mode == "wb"
+    assert [(t.name, t.corpus, t.pesq_mode) for t in cfg.data.test_sets] == [("vb_demand", "vb_demand", "wb"),
+                                                                              ("noizeus", "noizeus", "nb")]
+    assert cfg.training.kd_weight == "auto"
 
 
 @pytest.mark.parametrize("key,value,expected", [
@@ -117,7 +120,7 @@ def test_variants_are_one_grid_dimension_and_are_validated(tmp_path):
     data["search"]["variants"] = {"full": {}, "time_only": {"streams": ["time"]}, "kl": {"distance": "kl"}}
     cfg = load_plan(_write(tmp_path, data)).cfg
     points = grid_points(cfg.search)
-    assert len(points) == 2 * 3 and {p["variant"] for p in points} == {"full", "time_only", "kl"}
+    assert len(points) == 2 * 2 * 3 and {p["variant"] for p in points} == {"full", "time_only", "kl"}
     data["search"]["variants"]["bad"] = {"streams": ["space"]}
     with pytest.raises(ConfigError, match="search.variants.bad"):
         load_plan(_write(tmp_path, data))
@@ -151,7 +154,7 @@ def test_excluded_cells_are_not_run(tmp_path):
     data = yaml.safe_load(yaml.safe_dump(BASE))
     data["search"]["exclude"] = [{"method": "output", "student_ratio": 0.04}]
     points = load_plan(_write(tmp_path, data)).cfg.search.points()
-    assert len(points) == 5 and {"method": "output", "student_ratio": 0.04, "seed": 0} not in points
+    assert len(points) == 10 and {"method": "output", "student_ratio": 0.04, "seed": 0} not in points
 
 
 def test_set_overrides_apply_before_validation():

@@ -273,8 +273,11 @@ def test_l3das23_section_fills_valid_and_test_and_round_trips(tmp_path):
 
 def test_paired_and_array_sections_dump_and_hash_as_before():
     """The dump of a data section feeds the config hash and the teacher hash: byte-identical to before the
-    l3das23 option (values captured from the code before issue 9)."""
-    quick = _quickstart_data()
+    l3das23 option (values captured from the code before issue 9), for the quickstart's data section as it
+    was then (one unnamed test set)."""
+    raw = yaml.safe_load((REPO / "sweeps" / "quickstart.yaml").read_text())["data"]
+    raw["test"] = {"corpus": "vb_demand", "speakers": ["p232"], "pesq_mode": "wb"}
+    quick = _data(raw)
     assert json.dumps(quick.model_dump(mode="json")) == (
         '{"root": null, "sample_rate": 16000, "train": {"speech": "speech", "noise": "noise", "snr_db": [-5.0, 15.0], '
         '"segment_seconds": 2.0, "segments_per_epoch": 320, "exclude_speakers": []}, "valid": {"corpus": '
@@ -372,7 +375,7 @@ def test_paired_mix_gives_the_mixtures_of_a_mixer_built_directly(data_root, tmp_
 
 def test_paired_mix_refuses_unknown_speakers_and_a_missing_root(data_root, tmp_path, monkeypatch):
     raw = yaml.safe_load((REPO / "sweeps" / "quickstart.yaml").read_text())["data"]
-    raw["test"]["speakers"] = ["p999"]
+    raw["test"][0]["speakers"] = ["p999"]
     with pytest.raises(DataError, match=r"corpus 'vb_demand' has no speaker\(s\) \['p999'\]"):
         data_source(_data(raw), None, tmp_path).eval_sets()
     raw["root"] = str(tmp_path / "nowhere")

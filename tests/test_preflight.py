@@ -268,6 +268,7 @@ def _data_root(tmp_path: Path, data_root: Path) -> Path:
     root = tmp_path / "data"
     root.mkdir()
     (root / "vb_demand").symlink_to(data_root / "vb_demand")
+    (root / "noizeus").symlink_to(data_root / "noizeus")
     for speaker in sorted((data_root / "speech").iterdir())[:3]:
         (root / "speech" / speaker.name).mkdir(parents=True)
         for f in sorted(f for f in speaker.iterdir() if f.suffix in (".wav", ".flac"))[:4]:
@@ -332,7 +333,7 @@ def test_sweep_validate_reports_the_scan(capsys, out, data_root):
 
     assert main(["sweep", "validate", str(QUICKSTART)]) == 0
     printed = capsys.readouterr().out
-    assert "[preflight] data: 575 audio files" in printed and "full scan" in printed
+    assert "[preflight] data: 740 audio files" in printed and "full scan" in printed
     assert not out.exists()
 
 

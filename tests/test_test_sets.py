@@ -303,3 +303,10 @@ def test_the_examples_play_the_seed_chosen_on_validation_not_on_test():
     chosen = chosen_runs(result)
     assert chosen[0][1] == df.loc[df["role"] == "teacher", "run_id"].item()
     assert [run for _, run in chosen[1:]] == [df.loc[none, "run_id"].iloc[1]]
+
+
+def test_the_examples_add_the_none_student_of_each_front_ratio():
+    df, _, _ = _two_set_sweep()
+    df["valid_pesq"] = np.where(df["method"] == "output", 2.8, 1.5)  # output's cell is the whole front
+    chosen = chosen_runs(set_result(df, {}, None))
+    assert [label.split()[0] for label, _ in chosen] == ["teacher", "output", "none"]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kdlib.report.front import PRIMARY_METRIC, cell_front, isnum
+from kdlib.report.front import BASELINE_METHOD, PRIMARY_METRIC, cell_front, isnum
 from kdlib.report.sets import SetResult
 
 #: spectrogram: STFT frame (samples at 16 kHz; scaled with the rate), hop = frame / 4, dB range shown
@@ -61,9 +61,10 @@ def pick_utterances(snrs: Sequence[float], n: int = 3) -> list[int]:
 
 
 def chosen_runs(result: SetResult) -> list[tuple[str, str]]:
-    """``(label, run id)`` of the teacher and of one student per front cell of PESQ (chosen on validation):
-    the cell's seed with the best validation PESQ (its ``best_val_si_sdr`` when PESQ was not scored on
-    validation). The test set chooses nothing."""
+    """``(label, run id)`` of the teacher, of one student per front cell of PESQ (chosen on validation) and, for
+    each ratio of the front, of its ``none`` student (the baseline to hear a KD student against): in each cell
+    the seed with the best validation PESQ (its ``best_val_si_sdr`` when PESQ was not scored on validation).
+    The test set chooses nothing."""
     out = []
     teacher = result.rows.teacher
     if teacher is not None:
@@ -72,7 +73,9 @@ def chosen_runs(result: SetResult) -> list[tuple[str, str]]:
     cells = cell_front(finished, PRIMARY_METRIC, result.rows.extras)
     if cells.empty:
         return out
-    for _, cell in cells[cells["on_front"]].iterrows():
+    front = cells[cells["on_front"]]
+    baselines = cells[(cells["method"] == BASELINE_METHOD) & cells["student_ratio"].isin(front["student_ratio"])]
+    for _, cell in pd.concat([front, baselines[~baselines.index.isin(front.index)]]).iterrows():
         runs = finished[finished["run_id"].astype(str).isin(str(cell["run_ids"]).split(","))]
         column = str(cell["selected_on"])
         best = runs.loc[runs[column].astype(float).idxmax()]

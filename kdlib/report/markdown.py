@@ -55,6 +55,14 @@ def _fmt(value: Any, spec: str) -> str:
     return format(round(float(value), 9) + 0.0, spec)  # + 0.0 turns -0.0 into 0.0 (no "-0.000")
 
 
+def _fmt_p(value: Any) -> str:
+    """A p-value with two significant digits; ``< 1e-16`` below double precision's resolution near 1 (a
+    normal approximation over many utterances can underflow to 0)."""
+    if isnum(value) and 0 <= float(value) < 1e-16:
+        return "< 1e-16"
+    return _fmt(value, ".2g")
+
+
 def _fmt_count(value: Any) -> str:
     """Parameter count with thousands separators."""
     return f"{float(value):,.0f}" if isnum(value) else _DASH
@@ -298,7 +306,7 @@ def gate_table(gate: pd.DataFrame) -> Table:
     rows = []
     for _, r in gate.iterrows():
         rows.append([_fmt_ratio(r["student_ratio"]), str(r["students"]), _fmt(r["valid_margin"], "+.3f"),
-                     _fmt(r["test_margin"], "+.3f"), _fmt(r["p"], ".2g"), str(r["utterances"]),
+                     _fmt(r["test_margin"], "+.3f"), _fmt_p(r["p"]), str(r["utterances"]),
                      {True: "yes", False: f"no: {GATE_WARNING}"}.get(_verdict(r["ok"]),
                                                                       "untested (no per-utterance teacher scores)")])
     header = ["student_ratio", f"{BASELINE_METHOD} students", "PESQ margin (valid)", "PESQ margin (test)", "p",
@@ -324,7 +332,7 @@ def significance_cells(table: pd.DataFrame) -> Table:
             _fmt_text(r["method"]), _fmt_ratio(r["student_ratio"]), _fmt_text(r["knobs"]) if r["knobs"] else _DASH,
             spec.label, f"{_fmt(r['delta'], '+' + spec.fmt)} ± {_fmt(r['delta_std'], spec.fmt)}",
             f"[{_fmt(r['ci_low'], '+' + spec.fmt)}, {_fmt(r['ci_high'], '+' + spec.fmt)}]",
-            _fmt(r["p"], ".2g"), _fmt(r["p_holm"], ".2g"), str(r["seeds"]), str(r["utterances"]),
+            _fmt_p(r["p"]), _fmt_p(r["p_holm"]), str(r["seeds"]), str(r["utterances"]),
             f"{r['missing']}{flag}", r["verdict"],
         ])
     return header, rows
@@ -448,7 +456,10 @@ def report_lines(
         lines += _summary_lines(finished, rows.extras, rows.teacher)
         if significance is not None:
             test_set = prov.get("test_set")
-            lines += [f"## Significance against `{BASELINE_METHOD}`" + (f" (test set {test_set})" if test_set else ""),
+            scope = f"test set {test_set}" if test_set else ""
+            if extra_sets:
+                scope += "; Holm within this test set"
+            lines += [f"## Significance against `{BASELINE_METHOD}`" + (f" ({scope.lstrip('; ')})" if scope else ""),
                       ""]
             lines += _significance_lines(significance)
     for result in extra_sets:
