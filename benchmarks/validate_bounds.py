@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -58,7 +59,7 @@ def _configs(folder: Path) -> dict[str, tuple[Path, int]]:
                                                              "grid": {"kd_weight": [0.5, 1.0, 2.0]}}}), 2),
         "many-exclusions": (write("many_exclusions", {**base, "search": {
             **base["search"], "seed": list(range(1666)), "exclude": [{"seed": -1 - i} for i in range(30_000)]}}), 0),
-        "huge-int": (write("huge_int", text.replace("  seed: [0]", "  seed: [" + "9" * 5000 + "]")), 2),
+        "huge-int": (write("huge_int", re.sub(r"(?m)^  seed: \[.*\]$", "  seed: [" + "9" * 5000 + "]", text)), 2),
     }
 
 
