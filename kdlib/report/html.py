@@ -243,7 +243,7 @@ def _set_sections(page: _Page, result: SetResult, plots: Sequence[tuple[str, str
 def _runs_table(result: SetResult) -> Table:
     """Every finished trial of the primary set, one row each, with its MLflow run."""
     f, extras = result.rows.finished, result.rows.extras
-    shown = [m for m in specs.METRICS]
+    shown = list(specs.METRICS)
     header = ["run", "method", "student_ratio", "seed", *[c.removeprefix("param.") for c in extras], "λ", "params",
               "valid PESQ", *[f"{m.column_label} (test)" for m in shown]]
     rows = []

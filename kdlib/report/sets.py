@@ -53,7 +53,7 @@ def set_result(df: pd.DataFrame, prov: dict[str, Any], scores: Mapping[str, pd.D
         prov: the sweep's provenance (``test_set.<name>`` / ``pesq_mode.<name>`` give a named set's labels).
         scores: run id → that set's per-utterance scores; None: no statistics.
     """
-    view = df if name is None else set_view(df.assign(), name)
+    view = df if name is None else set_view(df, name)
     if name is not None:
         prov = {**prov, **{k: prov[f"{k}.{name}"] for k in ("test_set", "pesq_mode") if f"{k}.{name}" in prov}}
     rows = select_rows(view)

@@ -60,18 +60,21 @@ class PairedMixSource(DataSource):
         """
         return {str(part.name): self.split(part) for part in self.data.extra_tests}
 
-    def _held_out(self, valid: PairedCorpus, test: PairedCorpus) -> set[str]:
-        extra = {s for corpus in self.extra_test_sets().values() for s in corpus.speakers()}
+    def _held_out(self, valid: PairedCorpus, test: PairedCorpus,
+                  extra_sets: dict[str, PairedCorpus] | None = None) -> set[str]:
+        sets = self.extra_test_sets() if extra_sets is None else extra_sets
+        extra = {s for corpus in sets.values() for s in corpus.speakers()}
         return set(valid.speakers()) | set(test.speakers()) | extra | set(self.data.train.exclude_speakers)
 
-    def train_speech(self, valid: PairedCorpus, test: PairedCorpus) -> tuple[list[str], list[Path]]:
+    def train_speech(self, valid: PairedCorpus, test: PairedCorpus,
+                     extra_sets: dict[str, PairedCorpus] | None = None) -> tuple[list[str], list[Path]]:
         """The training speakers (every ``data.train.speech`` folder with audio but the valid/test speakers
         and ``data.train.exclude_speakers``) and their files, as :meth:`build` uses them (no audio read).
 
         Raises:
             DataError: the speech folder is missing or empty, or no training speaker is left.
         """
-        held_out = self._held_out(valid, test)
+        held_out = self._held_out(valid, test, extra_sets)
         speech = list_speech(self.root, self.data.train.speech)
         train_speakers = [s for s in speech if not any(speaker_matches(s, h) for h in held_out)]
         if not train_speakers:
@@ -91,12 +94,12 @@ class PairedMixSource(DataSource):
         """
         cfg, sr = self.data, self.data.sample_rate
         valid, test = self.eval_sets()
-        speech_dir, noise_dir = self.root / cfg.train.speech, self.root / cfg.train.noise
-        _, files = self.train_speech(valid, test)
-        report = scan_training_mix(files, list_noise(self.root, cfg.train.noise), speech_dir=speech_dir,
-                                   noise_dir=noise_dir, held_out=self._held_out(valid, test), sample_rate=sr,
-                                   segment_seconds=cfg.train.segment_seconds, depth=depth)
         extra = self.extra_test_sets()
+        speech_dir, noise_dir = self.root / cfg.train.speech, self.root / cfg.train.noise
+        _, files = self.train_speech(valid, test, extra)
+        report = scan_training_mix(files, list_noise(self.root, cfg.train.noise), speech_dir=speech_dir,
+                                   noise_dir=noise_dir, held_out=self._held_out(valid, test, extra), sample_rate=sr,
+                                   segment_seconds=cfg.train.segment_seconds, depth=depth)
         sets = [("valid", valid, cfg.valid, "data.valid.corpus"), ("test", test, cfg.test, "data.test.corpus"),
                 *(("test", extra[str(p.name)], p, f"data.test '{p.name}'") for p in cfg.extra_tests)]
         for kind, corpus, part, key in sets:
@@ -107,10 +110,11 @@ class PairedMixSource(DataSource):
     def build(self, seed: int = 0) -> SweepData:
         cfg = self.data
         valid, test = self.eval_sets()
-        train_speakers, files = self.train_speech(valid, test)
+        extra = self.extra_test_sets()  # read once: the held-out speakers and the sets themselves
+        train_speakers, files = self.train_speech(valid, test, extra)
         mixer = SpeechNoiseMixer(
             files, list_noise(self.root, cfg.train.noise), sample_rate=cfg.sample_rate,
             segment_seconds=cfg.train.segment_seconds, snr_db=tuple(cfg.train.snr_db),
             num_segments=cfg.train.segments_per_epoch, seed=seed,
         )
-        return SweepData(mixer, valid, test, train_speakers, self.extra_test_sets())
+        return SweepData(mixer, valid, test, train_speakers, extra)
