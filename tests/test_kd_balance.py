@@ -52,7 +52,7 @@ def _naive_ratio(trainer: Trainer, weight: float, batches: int) -> float:
     ratios = []
     trainer.data.train.set_epoch(0)
     trainer.sampler.set_epoch(0)
-    for i, (noisy, clean) in enumerate(trainer.loader):
+    for i, (noisy, clean, _index) in enumerate(trainer.loader):
         if i >= batches:
             break
         norms = []

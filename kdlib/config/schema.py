@@ -79,6 +79,11 @@ class TrainingConfig(_Strict):
     device: str = "auto"
     #: same-size tolerance of the size builder (±, relative)
     size_tolerance: float = Field(0.10, gt=0, lt=1)
+    #: DataLoader workers mixing the training items off the training thread; null = the trial's CPUs − 1
+    #: (resources.cpu), so a 1-CPU trial mixes in its own thread
+    num_workers: int | None = Field(None, ge=0, le=64)
+    #: fp32, or bf16 autocast for forward passes and losses (for CUDA GPUs; STFTs stay float32)
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
     @field_validator("kd_weight", mode="before")
@@ -247,6 +252,23 @@ class SearchConfig(_Strict):
         return v
 
 
+class TeacherCacheConfig(_Strict):
+    """The teacher-output cache (:mod:`kdlib.train.teacher_cache`): ``teacher_cache: off`` runs the teacher at
+    every KD step as before; ``{max_gb: N}`` caps its size on disk (checked on an estimate before any
+    trial starts)."""
+
+    enabled: bool = True
+    max_gb: float = Field(20.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _on_off(cls, v: Any) -> Any:
+        # YAML reads `off` / `on` as booleans; the strings are accepted too
+        if isinstance(v, bool) or v in ("off", "on"):
+            return {"enabled": v in (True, "on")}
+        return v
+
+
 class SchedulerConfig(_Strict):
     name: Literal["fifo", "asha"] = "fifo"
     grace_period: int = Field(1, ge=1)
@@ -313,6 +335,8 @@ class SweepConfig(_Strict):
     ray: RayConfig = Field(default_factory=RayConfig)
     mlflow: MLflowConfig = Field(default_factory=MLflowConfig)
     smoke: SmokeConfig = Field(default_factory=SmokeConfig)
+    #: teacher outputs and taps computed once per (teacher, data, epoch) for every KD trial; ``off`` disables
+    teacher_cache: TeacherCacheConfig = Field(default_factory=TeacherCacheConfig)
 
     # ---- pure accessors (what is derived from the environment or needs models lives in the plan) ----
     @property

@@ -29,6 +29,8 @@ class KDInputs:
         student_out: ``(B, L)`` student estimate. teacher_out: ``(B, L)`` teacher estimate, or None
             when the method does not need the teacher.
         student_features / teacher_features: tap name → ``(B, C, T, F)`` feature (forward hooks).
+        teacher_targets: what :meth:`KDMethod.teacher_targets` derived from the teacher for these items, when
+            the teacher-output cache holds it (empty otherwise: the method derives it itself).
     """
 
     noisy: torch.Tensor
@@ -37,6 +39,7 @@ class KDInputs:
     teacher_out: torch.Tensor | None = None
     student_features: dict[str, torch.Tensor] = field(default_factory=dict)
     teacher_features: dict[str, torch.Tensor] = field(default_factory=dict)
+    teacher_targets: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class KDMethod(nn.Module):
@@ -76,6 +79,31 @@ class KDMethod(nn.Module):
     def teacher_taps(self) -> list[str]:
         """Teacher module names whose outputs the loss reads."""
         return [t for _, t in self.pairs]
+
+    def teacher_targets(self, teacher_out: torch.Tensor, teacher_features: dict[str, torch.Tensor]
+                        ) -> dict[str, torch.Tensor]:
+        """Tensors the loss derives from the teacher alone, item by item (row ``b`` depends only on item
+        ``b``), e.g. the teacher's self-similarity matrices: the teacher-output cache stores them once per
+        epoch so trials do not recompute them at every step. Default: none.
+
+        Args:
+            teacher_out: ``(B, L)``. teacher_features: tap name → ``(B, ...)``, the taps of :meth:`teacher_taps`.
+        """
+        return {}
+
+    def target_taps(self) -> list[str]:
+        """Teacher taps the loss reads only through :meth:`teacher_targets` (the cache does not hand their
+        features to the trial when it holds the targets)."""
+        return []
+
+    def targets_id(self) -> str:
+        """Names this method's targets in the cache: the method, its knobs and its taps."""
+        import hashlib
+        import json
+
+        blob = json.dumps([type(self).registry_name, self.cfg.model_dump(mode="json"), self.teacher_taps()],  # type: ignore[attr-defined]
+                          sort_keys=True, default=str)
+        return f"{type(self).registry_name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"  # type: ignore[attr-defined]
 
     def extra_params(self) -> int:
         """Learnable parameters of the method itself (logged as ``kd_extra_params``)."""

@@ -93,12 +93,28 @@ class SelfSimilarityKD(KDMethod):
         super().__init__(student, teacher, **kwargs)
         self.pairs = resolve_tap_pairs(student, teacher, self.cfg.layers)
 
+    def teacher_targets(self, teacher_out: torch.Tensor, teacher_features: dict[str, torch.Tensor]
+                        ) -> dict[str, torch.Tensor]:
+        """The teacher's matrices, ``"<tap>/<stream>"`` → ``(B, N, N)`` (per item, so cacheable)."""
+        c = self.cfg
+        return {f"{t}/{stream}": _SIMILARITY[stream](teacher_features[t].detach(), c.rescale)
+                for t in dict.fromkeys(t for _, t in self.pairs) for stream in c.streams}
+
+    def target_taps(self) -> list[str]:
+        return self.teacher_taps()
+
     def forward(self, inputs: KDInputs) -> torch.Tensor:
         c = self.cfg
         terms = []
         for s_name, t_name in self.pairs:
-            fs, ft = inputs.student_features[s_name], inputs.teacher_features[t_name].detach()
+            fs = inputs.student_features[s_name]
             for stream in c.streams:
-                sim = time_self_similarity if stream == "time" else freq_self_similarity
-                terms.append(similarity_distance(sim(fs, c.rescale), sim(ft, c.rescale), c.distance, c.temperature))
+                sim = _SIMILARITY[stream]
+                target = inputs.teacher_targets.get(f"{t_name}/{stream}")
+                if target is None:
+                    target = sim(inputs.teacher_features[t_name].detach(), c.rescale)
+                terms.append(similarity_distance(sim(fs, c.rescale), target, c.distance, c.temperature))
         return torch.stack(terms).mean()
+
+
+_SIMILARITY = {"time": time_self_similarity, "frequency": freq_self_similarity}

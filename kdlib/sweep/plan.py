@@ -165,6 +165,21 @@ class SweepPlan:
         """A Ray Tune trial config as a :class:`TrialSpec`."""
         return TrialSpec.from_trial_config(config, self.cfg)
 
+    @property
+    def teacher_cache_dir(self) -> Path:
+        """Where the teacher-output cache keeps its entries: ``<output>/teacher_cache``."""
+        return self.output / "teacher_cache"
+
+    def cache_data_identity(self) -> dict[str, Any]:
+        """What draws the training items, for the teacher cache's key: the ``data`` section without its
+        root and scan depth (where the corpus lives does not change the mixtures)."""
+        return self.cfg.data.model_dump(mode="json", exclude={"root", "scan"})
+
+    def cache_taps(self, teacher: str | None = None) -> list[str]:
+        """Teacher taps read by any KD method of the sweep on this teacher (each method built as the config
+        check builds it), so one forward pass per epoch fills the cache for every trial."""
+        return teacher_taps(self.cfg, teacher)
+
     def student_family(self, spec: TrialSpec) -> str:
         """The student's model family of a trial."""
         return self.cfg.student_base(spec.student, self.cfg.teacher_cfg(spec.teacher).model.kwargs, spec.teacher)[0]
@@ -394,6 +409,37 @@ def _check_data(cfg: SweepConfig) -> None:
             given = f"{given} is {channels}" if given else f"the {source.name} data has {channels}"
             raise ConfigError(f"{where}.model: '{node.name}' takes {takes} input channel(s) but {given}: "
                               f"set its n_channels to {channels}")
+
+
+def teacher_taps(cfg: SweepConfig, teacher: str | None = None) -> list[str]:
+    """The union, in first-seen order, of the teacher taps of every searched (method, student, variant) on
+    the named teacher (None: the single one), at the YAML values of the methods' knobs.
+
+    Raises:
+        KdlibError: a method cannot be built (the config check refuses such sweeps first).
+    """
+    from kdlib.kd import build_kd_method
+    from kdlib.models import build_model
+
+    node = cfg.teacher_cfg(teacher).model
+    teacher_model = build_model(node.name, node.kwargs)
+    students: dict[str | None, Any] = {}
+    taps: dict[str, None] = {}
+    seen: set[tuple] = set()
+    for cell in cfg.search.points():
+        key = (cell["method"], cell.get("student"), cell.get("variant"))
+        if cell.get("teacher") not in (None, teacher) or key in seen:
+            continue
+        seen.add(key)
+        name, student_name, variant = key
+        if student_name not in students:
+            family, args = cfg.student_base(student_name, node.kwargs, teacher)
+            students[student_name] = build_model(family, args) if student_name else teacher_model
+        overrides = cfg.search.variants.get(variant, {}) if variant else {}
+        kd = build_kd_method(name, students[student_name], teacher_model, {**cfg.methods.get(name, {}), **overrides})
+        if kd.needs_teacher:
+            taps.update(dict.fromkeys(kd.teacher_taps()))
+    return list(taps)
 
 
 def _check_taps(cfg: SweepConfig) -> None:

@@ -128,6 +128,42 @@ def check_disjoint(valid: Any, test: Any, key: str = "data.test") -> None:
                         "validation (model selection) must not see the test speakers")
 
 
+def check_teacher_cache(plan: SweepPlan, log: Callable[[str], Any] = print) -> dict[str, int]:
+    """Estimate the teacher-output cache of every teacher that a KD method of the sweep reads (output + taps
+    for ``training.epochs`` epochs of ``data.train``), print it, and refuse a sweep whose cache would pass
+    ``teacher_cache.max_gb``, before any teacher or trial runs. Shapes are probed on untrained teachers.
+
+    Returns:
+        bytes by teacher key (``""`` for the single teacher); empty with ``teacher_cache: off`` or no KD method
+        that reads a teacher.
+
+    Raises:
+        ConfigError: the estimate is over ``teacher_cache.max_gb`` (one line naming the key and the teacher).
+    """
+    from kdlib.kd import KD_METHODS
+    from kdlib.models import build_model
+    from kdlib.train.teacher_cache import CacheLimitError, check_limit, estimate_bytes
+
+    cfg = plan.cfg
+    if not cfg.teacher_cache.enabled or not any(KD_METHODS.get(m).needs_teacher for m in cfg.search.method):
+        return {}
+    samples = round(cfg.data.train.segment_seconds * cfg.data.sample_rate)
+    sizes = {}
+    for name, teacher in plan.teachers.items():
+        node = teacher.config.model
+        size = estimate_bytes(build_model(node.name, node.kwargs), plan.cache_taps(name),
+                              cfg.data.train.segments_per_epoch, samples, cfg.training.epochs)
+        log(f"[teacher cache] {teacher.where}: about {size / 1e9:.2f} GB for {cfg.training.epochs} epoch(s) of "
+            f"{cfg.data.train.segments_per_epoch} items under {plan.teacher_cache_dir} "
+            f"(limit teacher_cache.max_gb = {cfg.teacher_cache.max_gb:g})")
+        try:
+            check_limit(size, cfg.teacher_cache.max_gb, f"of {teacher.where}")
+        except CacheLimitError as exc:
+            raise ConfigError(str(exc)) from None
+        sizes[teacher.key] = size
+    return sizes
+
+
 def preflight(plan: SweepPlan, *, tracking: bool = True, address: str | None = None,
               log: Callable[[str], Any] = print) -> Preflight:
     """Run the pre-flight checks of ``plan`` (see the module docstring); nothing is trained.
@@ -165,6 +201,7 @@ def preflight(plan: SweepPlan, *, tracking: bool = True, address: str | None = N
             raise DataError(f"data: cannot read '{exc.filename}': {exc.strerror or exc}") from None
         log(f"[preflight] data: {scan.files} audio files, {scan.seconds / 60:.1f} min, {depth} scan in "
             f"{scan.elapsed_s:.1f} s" + "".join(f"; {n}" for n in scan.notes))
+    check_teacher_cache(plan, log)
     pesq_mode, client, modes = None, None, {}
     if tracking:
         client = client_for(plan.tracking_uri)

@@ -26,6 +26,7 @@ from kdlib.sweep import contract
 from kdlib.sweep.plan import SweepPlan
 from kdlib.sweep.testsets import score_test_sets
 from kdlib.train import Trainer, TrainSettings, resolve_device
+from kdlib.train.teacher_cache import TeacherCache, cache_key
 
 
 def kd_trial(config: dict[str, Any], plan: SweepPlan, teacher_paths: dict[str, str]) -> None:
@@ -54,6 +55,8 @@ def kd_trial(config: dict[str, Any], plan: SweepPlan, teacher_paths: dict[str, s
     torch.set_num_threads(threads)
     spec = plan.trial_spec(config)
     device = resolve_device(cfg.training.device)
+    workers = cfg.training.num_workers
+    workers = max(0, math.ceil(cfg.resources.cpu) - 1) if workers is None else workers
 
     # the frozen teacher, and the student sized against it
     teacher_path = teacher_paths[spec.teacher or ""]
@@ -74,8 +77,15 @@ def kd_trial(config: dict[str, Any], plan: SweepPlan, teacher_paths: dict[str, s
         grad_clip=cfg.training.grad_clip, selection_metric=contract.SELECTION_METRIC,
         kd_weight=1.0 if auto else float(spec.kd_weight),
         schedule=spec.schedule, kd_only_epochs=cfg.training.kd_only_epochs, pesq_mode=cfg.data.test.pesq_mode,
-        label=spec.label(), shuffle_seed=spec.seed)
-    trainer = Trainer(student, teacher, kd, task_loss_for(student).to(device), data, settings, device)
+        label=spec.label(), shuffle_seed=spec.seed, num_workers=workers, precision=cfg.training.precision)
+    # the teacher's outputs and taps per epoch, computed by the first KD trial that reaches the epoch and read
+    # by all the others (paired design: every trial sees the same items)
+    cache = None
+    if cfg.teacher_cache.enabled and kd.needs_teacher:
+        key = cache_key(teacher_path, plan.cache_data_identity(), cfg.data.seed)
+        cache = TeacherCache(plan.teacher_cache_dir, key, plan.cache_taps(spec.teacher))
+    trainer = Trainer(student, teacher, kd, task_loss_for(student).to(device), data, settings, device,
+                      teacher_cache=cache)
     figures = {**trainer.complexity(count_params(teacher)), "achieved_ratio": sized.achieved_ratio}
     if auto:
         # on the freshly initialised student, before any checkpoint is loaded: a resumed trial gets the same λ

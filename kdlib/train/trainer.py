@@ -28,10 +28,12 @@ from kdlib.models import SEModel, complexity, count_params
 
 if TYPE_CHECKING:
     from kdlib.metrics import MetricSummary
+    from kdlib.train.teacher_cache import EpochTeacher, TeacherCache
 
 Log = Callable[[str], None]
 
 SCHEDULES = ("joint", "two_step")
+PRECISIONS = ("fp32", "bf16")
 
 
 class TrainSet(Protocol):
@@ -108,6 +110,12 @@ class TrainSettings:
     #: seed of the batch order: each epoch's items in a permutation drawn from ``(shuffle_seed, epoch)``
     #: (a resumed run gets the same order); None keeps the items in dataset order
     shuffle_seed: int | None = None
+    #: DataLoader worker processes that mix the training items off the training thread (0: in the loop's
+    #: own thread); the items are the same whatever the count (each is a draw of (seed, epoch, index))
+    num_workers: int = 0
+    #: ``fp32``, or ``bf16``: forward passes and losses under bfloat16 autocast (meant for CUDA; on CPU it
+    #: runs, slowly); STFTs stay float32
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         problems = [
@@ -119,6 +127,8 @@ class TrainSettings:
                 ("grad_clip", self.grad_clip, self.grad_clip > 0, "> 0"),
                 ("kd_weight", self.kd_weight, self.kd_weight >= 0, ">= 0"),
                 ("kd_only_epochs", self.kd_only_epochs, self.kd_only_epochs >= 0, ">= 0"),
+                ("num_workers", self.num_workers, self.num_workers >= 0, ">= 0"),
+                ("precision", self.precision, self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
                 ("schedule", self.schedule, self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
             )
             if not ok
@@ -153,6 +163,24 @@ class EpochPermutation(Sampler[int]):
         return iter(order + list(range(self.full, self.n)))
 
 
+class IndexedItems:
+    """A training set whose items also carry their dataset index: ``(noisy, clean, i)``, so a batch can be
+    matched with the teacher-output cache, which stores items by index. ``set_epoch`` is passed through."""
+
+    def __init__(self, items: TrainSet) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any, int]:
+        noisy, clean = self.items[index]
+        return noisy, clean, index
+
+    def set_epoch(self, epoch: int) -> None:
+        self.items.set_epoch(epoch)
+
+
 class Trainer:
     """Trains one model: a student distilled from a teacher, or a model alone (the ``none`` KD
     method, e.g. the teacher itself with ``teacher=None``).
@@ -164,6 +192,8 @@ class Trainer:
 
     The student, teacher, KD method and task loss are moved to ``device``; the teacher is put in eval
     mode with ``requires_grad`` off and runs under ``torch.no_grad()``, so training never changes it.
+    With a ``teacher_cache`` the teacher's outputs and taps of each epoch are read from the cache (filled by
+    whichever trial reaches the epoch first) instead of running the teacher at every step.
 
     Args:
         student: the model being trained; input ``(B, L)`` or ``(B, M, L)``, output ``(B, L)``.
@@ -175,6 +205,8 @@ class Trainer:
         settings: epochs, batch size, optimiser and schedule knobs.
         device: where to train.
         log: progress sink, one line per event.
+        teacher_cache: a :class:`~kdlib.train.teacher_cache.TeacherCache` entry of this teacher on these
+            training items, or None to run the teacher at every step.
 
     Raises:
         ValueError: ``kd_method`` needs a teacher but ``teacher`` is None, or the training set has
@@ -183,7 +215,7 @@ class Trainer:
 
     def __init__(self, student: SEModel, teacher: SEModel | None, kd_method: KDMethod, task_loss: nn.Module,
                  data: TrainData, settings: TrainSettings, device: torch.device | str = "cpu",
-                 log: Log = print) -> None:
+                 log: Log = print, teacher_cache: TeacherCache | None = None) -> None:
         if kd_method.needs_teacher and teacher is None:
             name = getattr(type(kd_method), "registry_name", type(kd_method).__name__)
             raise ValueError(f"KD method '{name}' needs a teacher, but teacher is None")
@@ -197,8 +229,13 @@ class Trainer:
             teacher.to(self.device).eval().requires_grad_(False)
         self.kd = kd_method.to(self.device)
         self.use_teacher = self.kd.needs_teacher
+        self.teacher_cache = teacher_cache if self.use_teacher else None
+        self.cached: EpochTeacher | None = None  # the current epoch's cached teacher view
         self.student_taps = FeatureTaps(self.student, self.kd.student_taps())
-        self.teacher_taps = FeatureTaps(teacher, self.kd.teacher_taps()) if self.use_teacher else None
+        self.teacher_taps = (FeatureTaps(teacher, self.kd.teacher_taps())
+                             if self.use_teacher and self.teacher_cache is None else None)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed segment shapes: the fastest kernels are found once
         self.task_loss = task_loss.to(self.device)
         self.optimizer = torch.optim.Adam([*self.student.parameters(), *self.kd.parameters()], lr=settings.lr)
         # audio rate of the throughput figure: the training data's own rate, else the model's
@@ -207,7 +244,9 @@ class Trainer:
         self.best_val = -math.inf
         self.best_state: dict[str, torch.Tensor] | None = None
         self.sampler = EpochPermutation(len(data.train), settings.shuffle_seed, self.batch_size)
-        self.loader = DataLoader(data.train, batch_size=self.batch_size, sampler=self.sampler, drop_last=True)
+        # workers are re-created each epoch (not persistent), so they copy the dataset after set_epoch
+        self.loader = DataLoader(IndexedItems(data.train), batch_size=self.batch_size, sampler=self.sampler,
+                                 drop_last=True, num_workers=settings.num_workers)
         if len(self.loader) == 0:
             raise ValueError(f"segments_per_epoch ({len(data.train)}) < batch_size ({self.batch_size})")
 
@@ -231,6 +270,7 @@ class Trainer:
             FloatingPointError: the loss became NaN/inf (names the epoch and batch).
         """
         label = self.settings.label
+        self._cached_epoch(self.epoch)
         self.data.train.set_epoch(self.epoch)
         self.sampler.set_epoch(self.epoch)
         task_weight, kd_weight = self.loss_weights()
@@ -240,10 +280,10 @@ class Trainer:
         start = time.perf_counter()
         n_batches = len(self.loader)
         segment_samples = 0
-        for i, (noisy, clean) in enumerate(self.loader):
+        for i, (noisy, clean, index) in enumerate(self.loader):
             noisy, clean = noisy.to(self.device), clean.to(self.device)
             segment_samples = clean.shape[-1]
-            task, kd = self._losses(noisy, clean)
+            task, kd = self._losses(noisy, clean, index)
             loss = task_weight * task + kd_weight * kd
             # one host-device sync per batch for the NaN check and the running totals
             loss_v, task_v, kd_v = torch.stack([loss.detach(), task.detach(), kd.detach().float()]).tolist()
@@ -270,18 +310,29 @@ class Trainer:
         out.update(epoch_seconds=seconds, audio_seconds_per_second=audio_seconds / seconds)
         return out
 
-    def _losses(self, noisy: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(task loss, KD loss) of one batch: the frozen teacher without grad, the student, the KD method on
-        the outputs and the features the hooks caught."""
-        teacher_out = None
-        if self.use_teacher:
-            with torch.no_grad():
-                teacher_out = self.teacher(noisy)
-        student_out = self.student(noisy)
-        task = self.task_loss(student_out, clean)
-        kd = self.kd(KDInputs(noisy, clean, student_out, teacher_out, self.student_taps.features,
-                              self.teacher_taps.features if self.teacher_taps else {}))
-        return task, kd
+    def _cached_epoch(self, epoch: int) -> None:
+        """Open (filling it first where needed) the teacher cache's view of ``epoch``."""
+        if self.teacher_cache is not None:
+            self.cached = self.teacher_cache.epoch(epoch, self.teacher, self.data.train, self.kd.teacher_taps(),
+                                                   self.device, method=self.kd)
+
+    def _losses(self, noisy: torch.Tensor, clean: torch.Tensor,
+                index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(task loss, KD loss) of one batch: the frozen teacher without grad (or its cached outputs and taps
+        for the items ``index``), the student, the KD method on the outputs and the features the hooks caught."""
+        teacher_out, teacher_features, targets = None, {}, {}
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.settings.precision == "bf16"):
+            if self.use_teacher and self.cached is not None:
+                teacher_out, teacher_features, targets = self.cached.batch(index, self.device)
+            elif self.use_teacher:
+                with torch.no_grad():
+                    teacher_out = self.teacher(noisy)
+                teacher_features = self.teacher_taps.features
+            student_out = self.student(noisy)
+            task = self.task_loss(student_out, clean)
+            kd = self.kd(KDInputs(noisy, clean, student_out, teacher_out, self.student_taps.features,
+                                  teacher_features, targets))
+        return task.float(), kd.float()
 
     def gradient_ratio(self, batches: int = 2) -> float:
         """‖∇KD‖ / ‖∇task‖ of the student's parameters at their current values, the mean over the first
@@ -294,6 +345,7 @@ class Trainer:
         scales of their losses; not from a paper.
         """
         params = [p for p in self.student.parameters() if p.requires_grad]
+        self._cached_epoch(0)
         self.data.train.set_epoch(0)
         self.sampler.set_epoch(0)
         # forward passes in train mode move normalisation statistics: put every buffer back afterwards
@@ -303,10 +355,10 @@ class Trainer:
         self.kd.train()
         ratios = []
         try:
-            for i, (noisy, clean) in enumerate(self.loader):
+            for i, (noisy, clean, index) in enumerate(self.loader):
                 if i >= batches:
                     break
-                task, kd = self._losses(noisy.to(self.device), clean.to(self.device))
+                task, kd = self._losses(noisy.to(self.device), clean.to(self.device), index)
                 if not kd.requires_grad:
                     return 0.0
                 g_task = torch.autograd.grad(task, params, retain_graph=True, allow_unused=True)
