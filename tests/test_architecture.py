@@ -28,6 +28,7 @@ RANKS = {
     "kdlib.report": 9,
     "kdlib.sweep.tracking": 10, "kdlib.sweep.teachers": 10, "kdlib.sweep.trial": 10,
     "kdlib.sweep.artifacts": 10.5, "kdlib.sweep.preflight": 10.5, "kdlib.sweep.listening": 10.75,
+    "kdlib.sweep.teacher_tasks": 10.5,
     "kdlib.sweep.session": 11,
     "kdlib.sweep.runner": 12, "kdlib.sweep.resume": 12, "kdlib.profile": 12,
     "kdlib.cli": 13,

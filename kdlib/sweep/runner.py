@@ -1,5 +1,5 @@
-"""``kdlib sweep run``: plan → data check → MLflow parent run → teachers (trained once) → Ray Tune
-grid/Optuna/ASHA over trials → Pareto report."""
+"""``kdlib sweep run``: plan → data check → teachers (the missing ones trained once, as parallel Ray tasks)
+→ MLflow parent run → Ray Tune grid/Optuna/ASHA over trials → Pareto report."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from kdlib.sweep.session import (
     save_sweep_record,
     trial_name,
 )
+from kdlib.sweep.teacher_tasks import train_as_ray_tasks
 from kdlib.sweep.teachers import ensure_teachers
 
 
@@ -62,7 +63,8 @@ def run_sweep(plan: SweepPlan, report: bool = True, callbacks: list[Callback] | 
     try:
         check_resources(plan)  # before the MLflow experiment, the teacher, the parent run or any trial
         exp_id = experiment_id(client, plan)
-        teachers = ensure_teachers(plan)
+        # missing teachers train as Ray tasks, in parallel where the cluster has room, before any trial
+        teachers = ensure_teachers(plan, train=train_as_ray_tasks)
         parent = start_parent_run(client, plan, exp_id, pesq_mode, checked.pesq_modes)
         for name, (path, meta) in teachers.items():
             log_teacher_run(client, plan, exp_id, parent, meta, path, name)
