@@ -283,3 +283,19 @@ def test_self_similarity_targets_are_cached_and_match_a_naive_cosine(setup, tmp_
     x, y = feat[:, :, 0].reshape(-1), feat[:, :, f_bins // 2].reshape(-1)  # two frequency bins over C·T
     want = float(x @ y / (x.norm() * y.norm()))
     assert epoch.targets[f"{tap}/frequency"][2, 0, f_bins // 2] == pytest.approx(want, abs=3e-3)
+
+
+def test_a_tap_that_overflows_float16_is_stored_in_float32(tmp_path):
+    from kdlib.train.teacher_cache import _RowWriter
+
+    writer = _RowWriter(tmp_path, "tap-x", 4, (3,), np.float16)
+    small = np.array([[0.5, -1.25, 3.0], [1e-3, 2.0, -7.5]], dtype=np.float32)
+    writer.put(0, small)
+    writer.put(2, np.array([[1e6, 0.0, -2e5], [1.0, 2.0, 3.0]], dtype=np.float32))  # beyond float16's 65504
+    writer.commit()
+    stored = np.load(tmp_path / "tap-x.npy")
+    assert stored.dtype == np.float32
+    np.testing.assert_array_equal(stored[:2], small.astype(np.float16).astype(np.float32))
+    assert stored[2, 0] == 1e6 and stored[2, 2] == -2e5
+    assert json.loads((tmp_path / "tap-x.json").read_text())["dtype"] == "float32"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

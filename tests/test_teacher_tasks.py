@@ -174,3 +174,35 @@ def test_a_killed_teacher_task_is_retried_from_its_last_epoch(cluster, data_root
     # ... and ended where an uninterrupted run ends
     assert _same_weights(path, tmp_path / "reference.pt")
     assert len(meta["history"]) == 3 and not partial_path(path).exists()
+
+
+def test_a_ray_task_fills_the_teacher_cache_before_the_trials_read_it(cluster, data_root, tmp_path):
+    from kdlib.kd import build_kd_method
+    from kdlib.models import load_model
+    from kdlib.sweep.teacher_tasks import finish_prefill, prefill_teacher_caches
+    from kdlib.train.teacher_cache import TeacherCache, cache_key
+
+    plan = _plan(tmp_path, epochs=1)
+    raw = plan.cfg.model_dump(mode="json")
+    raw["search"]["method"] = ["none", "self_similarity"]
+    raw["training"]["epochs"] = 2
+    plan = make_plan(validate(SweepConfig, raw), output=tmp_path)
+    ((path, _),) = ensure_teachers(plan, lambda _: None).values()
+    refs = prefill_teacher_caches(plan, {"a": str(path)}, lambda _: None)
+    assert len(refs) == 1
+    assert ray.get(refs, timeout=120) == [2]
+    finish_prefill(refs)
+    # a trial now finds every epoch, with self_similarity's matrices, and never runs the teacher
+    teacher, _ = load_model(path)
+    calls = []
+    teacher.register_forward_hook(lambda *_: calls.append(1))
+    kd = build_kd_method("self_similarity", teacher, teacher, {})
+    cache = TeacherCache(plan.teacher_cache_dir, cache_key(path, plan.cache_data_identity(), plan.cfg.data.seed),
+                         plan.cache_taps("a"))
+    data = plan.data_source().build(seed=plan.cfg.data.seed)
+    for epoch in (0, 1):
+        view = cache.epoch(epoch, teacher, data.train, kd.teacher_taps(), method=kd)
+        assert view.output.shape[0] == 8 and set(view.targets) == set(kd.teacher_targets(
+            torch.zeros(1), {t: torch.zeros(1, 2, 3, 4) for t in kd.teacher_taps()}))
+    assert calls == []
+    assert prefill_teacher_caches(_plan(tmp_path / "none-only"), {"a": str(path)}) == []  # no KD method reads it

@@ -411,9 +411,10 @@ def _check_data(cfg: SweepConfig) -> None:
                               f"set its n_channels to {channels}")
 
 
-def teacher_taps(cfg: SweepConfig, teacher: str | None = None) -> list[str]:
-    """The union, in first-seen order, of the teacher taps of every searched (method, student, variant) on
-    the named teacher (None: the single one), at the YAML values of the methods' knobs.
+def teacher_kd_methods(cfg: SweepConfig, teacher: str | None = None) -> list[Any]:
+    """One built KD method per searched (method, student, variant) that reads the named teacher (None: the
+    single one), at the YAML values of the methods' knobs, each on the untrained teacher and the student
+    family's unscaled model (as the config check builds them): what the teacher-output cache is filled for.
 
     Raises:
         KdlibError: a method cannot be built (the config check refuses such sweeps first).
@@ -424,7 +425,7 @@ def teacher_taps(cfg: SweepConfig, teacher: str | None = None) -> list[str]:
     node = cfg.teacher_cfg(teacher).model
     teacher_model = build_model(node.name, node.kwargs)
     students: dict[str | None, Any] = {}
-    taps: dict[str, None] = {}
+    methods = []
     seen: set[tuple] = set()
     for cell in cfg.search.points():
         key = (cell["method"], cell.get("student"), cell.get("variant"))
@@ -438,8 +439,13 @@ def teacher_taps(cfg: SweepConfig, teacher: str | None = None) -> list[str]:
         overrides = cfg.search.variants.get(variant, {}) if variant else {}
         kd = build_kd_method(name, students[student_name], teacher_model, {**cfg.methods.get(name, {}), **overrides})
         if kd.needs_teacher:
-            taps.update(dict.fromkeys(kd.teacher_taps()))
-    return list(taps)
+            methods.append(kd)
+    return methods
+
+
+def teacher_taps(cfg: SweepConfig, teacher: str | None = None) -> list[str]:
+    """The union, in first-seen order, of the teacher taps of :func:`teacher_kd_methods`."""
+    return list(dict.fromkeys(t for kd in teacher_kd_methods(cfg, teacher) for t in kd.teacher_taps()))
 
 
 def _check_taps(cfg: SweepConfig) -> None:

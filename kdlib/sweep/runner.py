@@ -21,7 +21,7 @@ from kdlib.sweep.session import (
     save_sweep_record,
     trial_name,
 )
-from kdlib.sweep.teacher_tasks import train_as_ray_tasks
+from kdlib.sweep.teacher_tasks import finish_prefill, prefill_teacher_caches, train_as_ray_tasks
 from kdlib.sweep.teachers import ensure_teachers
 
 
@@ -103,7 +103,12 @@ def run_sweep(plan: SweepPlan, report: bool = True, callbacks: list[Callback] | 
         save_sweep_record(experiment_dir, plan, report=report, experiment_id=exp_id, parent_run_id=parent,
                           pesq_mode=pesq_mode, teacher_paths=teacher_paths, num_trials=num_samples,
                           data_root=trial_plan.pinned_root)
-        results = tuner.fit()
+        # the teacher-output cache fills in Ray tasks while the first trials run (the trials fill what is left)
+        fills = prefill_teacher_caches(trial_plan, teacher_paths)
+        try:
+            results = tuner.fit()
+        finally:
+            finish_prefill(fills)
     finally:
         if started_ray:
             import ray

@@ -109,3 +109,82 @@ def train_as_ray_tasks(plan: SweepPlan, names: list[str | None], log: Log = prin
         for ref in pending:  # a failed teacher ends the sweep: free the cluster of the others
             ray.cancel(ref, force=True)
     return {name: metas[name] for name in names}
+
+
+def _fill_cache_task(plan: SweepPlan, name: str | None, teacher_path: str) -> int:
+    """The cache-filling task body, in a Ray worker: every epoch of one teacher's entry (output and the sweep's
+    taps), then each KD method's teacher targets; returns the epochs filled or found complete."""
+    import torch
+
+    from kdlib.config import import_plugins
+    from kdlib.models import load_model
+    from kdlib.sweep.plan import teacher_kd_methods
+    from kdlib.train import resolve_device
+    from kdlib.train.teacher_cache import TeacherCache, cache_key
+
+    cfg = plan.cfg
+    import_plugins(cfg.plugins)
+    torch.set_num_threads(max(1, int(cfg.resources.cpu)))
+    device = resolve_device(cfg.training.device)
+    teacher, _ = load_model(teacher_path, device)
+    teacher.eval().requires_grad_(False)
+    data = plan.data_source().build(seed=cfg.data.seed)
+    methods = [kd for kd in teacher_kd_methods(cfg, name) if kd.target_taps()]
+    cache = TeacherCache(plan.teacher_cache_dir, cache_key(teacher_path, plan.cache_data_identity(), cfg.data.seed),
+                         plan.cache_taps(name), log=_print)
+    for epoch in range(cfg.training.epochs):
+        cache.epoch(epoch, teacher, data.train, cache.taps, device)
+        for kd in methods:
+            cache.epoch(epoch, teacher, data.train, kd.teacher_taps(), device, method=kd)
+    return cfg.training.epochs
+
+
+def prefill_teacher_caches(plan: SweepPlan, teacher_paths: dict[str, str], log: Log = print) -> list[Any]:
+    """Start filling the teacher-output cache of every teacher a KD method of the sweep reads: one Ray task
+    each (``resources.cpu`` CPUs and ``resources.gpu`` GPU, as a trial), submitted before the trials so
+    it fills the epochs while the first trials (e.g. the ``none`` students) run. A trial that reaches an epoch
+    first fills it itself (the entry's file lock makes it once either way), so the tasks only save waiting.
+
+    Args:
+        teacher_paths: teacher checkpoints by ``teachers:`` key (``""`` for the single teacher).
+
+    Returns:
+        the tasks' object refs (the caller waits for or cancels them at the end of the sweep); empty with
+        ``teacher_cache: off`` or no KD method that reads a teacher.
+    """
+    import ray
+
+    from kdlib.sweep.plan import teacher_kd_methods
+
+    cfg = plan.cfg
+    if not cfg.teacher_cache.enabled:
+        return []
+    task_plan = plan.pinned()
+    remote = ray.remote(_fill_cache_task)
+    refs = []
+    for name in plan.teachers:
+        if not teacher_kd_methods(cfg, name):
+            continue
+        key = plan.teacher(name).key
+        log(f"[teacher cache] {plan.teacher(name).where}: filling {cfg.training.epochs} epoch(s) in a Ray task "
+            "while the first trials run")
+        refs.append(remote.options(num_cpus=cfg.resources.cpu, num_gpus=cfg.resources.gpu, max_retries=0,
+                                   name=f"teacher-cache-{key or 'main'}").remote(task_plan, name, teacher_paths[key]))
+    return refs
+
+
+def finish_prefill(refs: list[Any], log: Log = print) -> None:
+    """At the end of a sweep: cancel the cache tasks still running and report one that failed (the trials
+    filled what it did not, so a failure costs time, never results)."""
+    import ray
+    from ray.exceptions import RayError
+
+    done, pending = ray.wait(refs, num_returns=len(refs), timeout=0) if refs else ([], [])
+    for ref in pending:
+        ray.cancel(ref, force=True)
+    for ref in done:
+        try:
+            ray.get(ref)
+        except RayError as err:
+            log(f"[teacher cache] a filling task failed ({type(err).__name__}: {first_line(err)}); the trials "
+                "filled the cache themselves")

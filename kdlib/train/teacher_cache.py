@@ -199,58 +199,46 @@ class TeacherCache:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _write(self, folder: Path, stem: str, array: np.ndarray) -> None:
-        """``<stem>.npy`` by temp file + rename, then its sidecar (the file counts only once both exist)."""
-        for old in (folder / f"{stem}.json", folder / f"{stem}.npy"):
-            old.unlink(missing_ok=True)  # sidecar first: a half-replaced pair must never look valid
-        fd, tmp = tempfile.mkstemp(prefix=f".{stem}-", suffix=".npy", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, array)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, folder / f"{stem}.npy")
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        meta = {"shape": list(array.shape), "dtype": str(array.dtype),
-                "bytes": (folder / f"{stem}.npy").stat().st_size, "digest": file_digest(folder / f"{stem}.npy")}
-        fd, tmp = tempfile.mkstemp(prefix=f".{stem}-", suffix=".json", dir=folder)
-        with os.fdopen(fd, "w") as f:
-            json.dump(meta, f)
-        os.replace(tmp, folder / f"{stem}.json")
+        """``<stem>.npy`` written whole (see :class:`_RowWriter`)."""
+        writer = _RowWriter(folder, stem, len(array), array.shape[1:], array.dtype)
+        writer.put(0, array)
+        writer.commit()
 
     @torch.no_grad()
     def _fill(self, folder: Path, taps: list[str], teacher: nn.Module, dataset: Any, epoch: int,
               device: torch.device, write_output: bool) -> None:
+        """Run the teacher over every item of the epoch, :data:`FILL_BATCH` at a time, streaming the output
+        and the taps into their files (never the whole epoch in memory)."""
         n = len(dataset)
         dataset.set_epoch(epoch)
         hooks = FeatureTaps(teacher, taps)
         was_training = teacher.training
         teacher.eval()
-        outs: list[np.ndarray] = []
-        feats: dict[str, list[np.ndarray]] = {t: [] for t in taps}
+        writers: dict[str, _RowWriter] = {}
         start = time.perf_counter()
         try:
             for lo in range(0, n, FILL_BATCH):
                 noisy = torch.stack([dataset[i][0] for i in range(lo, min(n, lo + FILL_BATCH))]).to(device)
                 out = teacher(noisy)
-                if write_output:
-                    outs.append(out.float().cpu().numpy())
+                rows = {OUTPUT: out} if write_output else {}
                 for t in taps:
-                    feature = hooks.features[t]
-                    if not isinstance(feature, torch.Tensor):
-                        raise TypeError(f"teacher tap '{t}' gives a {type(feature).__name__}, not a tensor: "
+                    rows[t] = hooks.features[t]
+                    if not isinstance(rows[t], torch.Tensor):
+                        raise TypeError(f"teacher tap '{t}' gives a {type(rows[t]).__name__}, not a tensor: "
                                         "it cannot be cached (set teacher_cache: off)")
-                    feats[t].append(feature.float().cpu().numpy())
+                for name, value in rows.items():
+                    value = value.detach().float().cpu().numpy()
+                    if name not in writers:
+                        writers[name] = _RowWriter(folder, tap_file(name), n, value.shape[1:],
+                                                   np.float32 if name == OUTPUT else np.float16)
+                    writers[name].put(lo, value)
+            for writer in writers.values():
+                writer.commit()
         finally:
             hooks.remove()
             teacher.train(was_training)
-        if write_output:
-            self._write(folder, OUTPUT, np.concatenate(outs))
-        for t in taps:
-            values = np.concatenate(feats[t])
-            small = bool(np.all(np.abs(values) <= _F16_MAX))  # float16 unless a value would become inf
-            self._write(folder, tap_file(t), values.astype(np.float16 if small else np.float32))
+            for writer in writers.values():
+                writer.discard()
         self.log(f"[teacher cache] {self.key}/{folder.name}: {n} items, "
                  f"{'output + ' if write_output else ''}{len(taps)} tap(s) in {time.perf_counter() - start:.1f} s")
 
@@ -322,3 +310,55 @@ class TeacherCache:
         dataset.set_epoch(epoch)
         arrays = self._open(folder, [OUTPUT, *(stems[t] for t in want)])
         return EpochTeacher(arrays[OUTPUT], {t: arrays[stems[t]] for t in want}, targets)
+
+
+class _RowWriter:
+    """One cached array, ``(n, *shape)``, filled row block by row block into a memory-mapped temporary file,
+    then renamed into place and described by its sidecar (shape, dtype, size, digest): the file counts only
+    once both exist, so a writer killed at any point leaves nothing that is read.
+
+    float16 arrays switch to float32 when a value would overflow float16 (the rows already written are
+    widened exactly).
+    """
+
+    def __init__(self, folder: Path, stem: str, n: int, shape: tuple[int, ...], dtype: Any) -> None:
+        self.folder, self.stem, self.n, self.shape = folder, stem, n, tuple(shape)
+        for old in (folder / f"{stem}.json", folder / f"{stem}.npy"):
+            old.unlink(missing_ok=True)  # sidecar first: a half-replaced pair must never look valid
+        self.array = self._open(np.dtype(dtype))
+        self.done = False
+
+    def _open(self, dtype: np.dtype) -> np.memmap:
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.stem}-", suffix=".npy", dir=self.folder)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        return np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(self.n, *self.shape))
+
+    def put(self, lo: int, rows: np.ndarray) -> None:
+        if self.array.dtype == np.float16 and np.abs(rows).max(initial=0.0) > _F16_MAX:
+            old, old_tmp = self.array, self.tmp
+            self.array = self._open(np.dtype(np.float32))
+            self.array[:lo] = old[:lo]
+            del old
+            old_tmp.unlink(missing_ok=True)
+        self.array[lo:lo + len(rows)] = rows
+
+    def commit(self) -> None:
+        self.array.flush()
+        dtype = str(self.array.dtype)
+        del self.array
+        final = self.folder / f"{self.stem}.npy"
+        os.replace(self.tmp, final)
+        self.done = True
+        meta = {"shape": [self.n, *self.shape], "dtype": dtype, "bytes": final.stat().st_size,
+                "digest": file_digest(final)}
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.stem}-", suffix=".json", dir=self.folder)
+        with os.fdopen(fd, "w") as f:
+            json.dump(meta, f)
+        os.replace(tmp, self.folder / f"{self.stem}.json")
+
+    def discard(self) -> None:
+        """Remove the temporary file of an uncommitted writer (no-op after :meth:`commit`)."""
+        if not self.done:
+            self.array = None
+            self.tmp.unlink(missing_ok=True)
