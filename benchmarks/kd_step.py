@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             return Trainer(student, teacher, kd, task_loss_for(student), data, settings, "cpu",
                            log=lambda _: None, teacher_cache=cache if cached else None)
 
+        step_times(trainer("none", args.ratios[0], False), args.steps, args.warmup)  # process warm-up, discarded
         for ratio in args.ratios:
             base = statistics.median(step_times(trainer("none", ratio, False), args.steps, args.warmup))
             print(f"ratio {ratio:g}: none step {base * 1e3:.0f} ms")
@@ -128,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                 cached = statistics.median(step_times(trainer(m, ratio, True), args.steps, args.warmup))
                 print(f"ratio {ratio:g}: {m}: {plain / base:.2f}x none without the cache, "
                       f"{cached / base:.2f}x with it ({plain * 1e3:.0f} -> {cached * 1e3:.0f} ms)")
+            again = statistics.median(step_times(trainer("none", ratio, False), args.steps, args.warmup))
+            print(f"ratio {ratio:g}: none step again at the end {again * 1e3:.0f} ms (drift {again / base - 1:+.0%})")
     return 0
 
 
