@@ -69,7 +69,7 @@ def _trial_inputs(monkeypatch, tmp_path, plan, seed: int) -> tuple[list[np.ndarr
     stopped as soon as its Trainer is built)."""
     seen: dict = {}
 
-    def fake_trainer(student, teacher, kd, task_loss, data, settings, device, log=print):
+    def fake_trainer(student, teacher, kd, task_loss, data, settings, device, log=print, teacher_cache=None):
         data.train.set_epoch(0)
         seen["items"] = [data.train.draw(i)["noisy"] for i in range(len(data.train))]
         seen["shuffle_seed"] = settings.shuffle_seed
