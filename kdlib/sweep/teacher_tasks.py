@@ -133,9 +133,9 @@ def _fill_cache_task(plan: SweepPlan, name: str | None, teacher_path: str) -> in
     cache = TeacherCache(plan.teacher_cache_dir, cache_key(teacher_path, plan.cache_data_identity(), cfg.data.seed),
                          plan.cache_taps(name), log=_print)
     for epoch in range(cfg.training.epochs):
-        cache.epoch(epoch, teacher, data.train, cache.taps, device)
-        for kd in methods:
-            cache.epoch(epoch, teacher, data.train, kd.teacher_taps(), device, method=kd)
+        # a call with a method also fills the entry's output and taps: one pass when targets are asked for
+        for kd in methods or [None]:
+            cache.epoch(epoch, teacher, data.train, kd.teacher_taps() if kd else cache.taps, device, method=kd)
     return cfg.training.epochs
 
 
