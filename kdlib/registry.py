@@ -30,7 +30,7 @@ class Registry(Generic[T]):
         self._items: dict[str, type[T]] = {}
 
     def register(self, name: str | None = None) -> Callable[[type[T]], type[T]]:
-        """Class decorator: ``@MODELS.register("dpdcrn")``; the name defaults to the class name."""
+        """Class decorator: ``@MODELS.register("dpcrn_lite")``; the name defaults to the class name."""
 
         def deco(cls: type[T]) -> type[T]:
             key = (name or cls.__name__).lower()

@@ -39,7 +39,7 @@ def fixture_inputs(method) -> KDInputs:
 def method_for(case: str):
     name = case.split("_no_")[0] if case.startswith("output") else (
         "self_similarity" if case.startswith("self_similarity") else case)
-    model = build_model("dpdcrn", TINY)
+    model = build_model("dpcrn_lite", TINY)
     return build_kd_method(name, model, model, CASES[case])
 
 

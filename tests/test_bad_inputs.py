@@ -97,7 +97,7 @@ def _within(seconds: int, what: str):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    return save_checkpoint(build_model("dpdcrn", TINY).eval(), tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+    return save_checkpoint(build_model("dpcrn_lite", TINY).eval(), tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 
 
 # -- row: malformed YAML, a YAML tag ---------------------------------------------------------------
@@ -142,7 +142,7 @@ def test_malformed_yaml_or_a_yaml_tag_is_refused_and_runs_nothing(tmp_path, monk
                  "search.grid.kd.wav_weight: KD method 'none' has no knob 'wav_weight'", id="grid-knob-a-method-lacks"),
     pytest.param("methods.self_similarity", {"layers": ["no_such_layer"]},
                  "methods.self_similarity: feature tap 'no_such_layer' is neither a feature set "
-                 "(encoder, middle, decoder, mask) nor a module of DPDCRN", id="bad-layer-tap"),
+                 "(encoder, middle, decoder, mask) nor a module of DPCRNLite", id="bad-layer-tap"),
 ])
 def test_bad_sweep_value_is_refused_naming_the_key(tmp_path, monkeypatch, capsys, key, value, expected):
     path = _sweep(tmp_path, {key: value})
@@ -252,7 +252,7 @@ def test_silent_or_short_audio_is_scored_as_missing_at_evaluation(tmp_path, caps
 
 
 @pytest.mark.parametrize(("family", "kwargs", "shape"), [
-    ("dpdcrn", TINY, (100,)),
+    ("dpcrn_lite", TINY, (100,)),
     ("dccrn", {"channels": [8, 16], "rnn_units": 16, "rnn_layers": 1}, (100,)),
     ("convtasnet", {"n_filters": 16, "bn_chan": 8, "hid_chan": 16, "skip_chan": 8, "n_blocks": 1, "n_repeats": 1},
      (100,)),
@@ -285,13 +285,13 @@ def _not_torch(good: Path, path: Path) -> str:
 
 
 def _state_dict(good: Path, path: Path) -> str:
-    torch.save(build_model("dpdcrn", TINY).state_dict(), path)
+    torch.save(build_model("dpcrn_lite", TINY).state_dict(), path)
     return f"'{path}' is not a kdlib checkpoint (no 'kdlib-checkpoint-v1' format tag)"
 
 
 def _pickled_model(good: Path, path: Path) -> str:
-    torch.save(build_model("dpdcrn", TINY), path)
-    return (f"'{path}' is not a kdlib checkpoint: it holds pickled Python objects (kdlib.models.dpdcrn.DPDCRN), "
+    torch.save(build_model("dpcrn_lite", TINY), path)
+    return (f"'{path}' is not a kdlib checkpoint: it holds pickled Python objects (kdlib.models.dpcrn_lite.DPCRNLite), "
             "which kdlib never loads (weights_only=True); write it with kdlib.models.save_checkpoint")
 
 

@@ -19,7 +19,7 @@ TINY = {"channels": [4, 6], "rnn_hidden": 6, "n_dilated": 1, "n_dualpath": 1}
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    model = build_model("dpdcrn", TINY).eval()
+    model = build_model("dpcrn_lite", TINY).eval()
     return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny.pt", {"method": "none"})
 
 
@@ -79,4 +79,4 @@ def test_methods_and_models_list_knobs_and_sources(capsys):
     assert "self_similarity" in text and "arXiv 2506.13127" in text and "streams" in text
     assert main(["models"]) == 0
     text = capsys.readouterr().out
-    assert "dpdcrn" in text and "size knob channels" in text
+    assert "dpcrn_lite" in text and "size knob channels" in text

@@ -120,7 +120,7 @@ def l3das23_sweep(base: Path, mono: bool = False) -> dict[str, Any]:
     tiny sweep YAML dict on it (``data.root = base/data``, ``output_dir = base/out``).
 
     Multi-channel (default): mic A's 4 Ambisonics channels into a tiny ``ftjnf`` (``n_channels: 4``), KD
-    methods ``none`` and ``ss_narrowband``. ``mono``: only channel 0 (W) into a tiny ``dpdcrn``, methods
+    methods ``none`` and ``ss_narrowband``. ``mono``: only channel 0 (W) into a tiny ``dpcrn_lite``, methods
     ``none`` and ``output``.
     """
     archives, _ = build_l3das23_archives(base / "build", seconds=1.5)
@@ -132,7 +132,7 @@ def l3das23_sweep(base: Path, mono: bool = False) -> dict[str, Any]:
     data["train"] = {"segment_seconds": 0.5, "segments_per_epoch": 4}
     if mono:
         data["l3das23"]["channels"] = [0]
-        teacher = {"name": "dpdcrn", "kwargs": {"n_fft": 256, "hop_length": 128, "channels": [4, 6],
+        teacher = {"name": "dpcrn_lite", "kwargs": {"n_fft": 256, "hop_length": 128, "channels": [4, 6],
                                                 "rnn_hidden": 6, "n_dilated": 1, "n_dualpath": 1}}
         methods = ["none", "output"]
     else:
@@ -569,7 +569,7 @@ def test_l3das23_segments_refusals(l3das23_archives):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mono", [False, True], ids=["foa-ftjnf", "mono-dpdcrn"])
+@pytest.mark.parametrize("mono", [False, True], ids=["foa-ftjnf", "mono-dpcrn_lite"])
 def test_l3das23_sweep_smoke(mono, tmp_path, monkeypatch):
     """An L3DAS23-layout corpus (two archives) runs through ``kdlib sweep run --smoke-test``: mic A's four
     Ambisonics channels into FT-JNF, or its W channel alone into DPDCRN."""

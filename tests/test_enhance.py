@@ -22,7 +22,7 @@ PCM_STEP = 1 / 32768
 @pytest.fixture(scope="module")
 def mono_model(tmp_path_factory):
     """A tiny DPDCRN reloaded from its checkpoint, as ``kdlib enhance`` gets it."""
-    path = save_checkpoint(build_model("dpdcrn", MONO_ARGS), tmp_path_factory.mktemp("ckpt") / "mono.pt")
+    path = save_checkpoint(build_model("dpcrn_lite", MONO_ARGS), tmp_path_factory.mktemp("ckpt") / "mono.pt")
     return load_model(path)[0]
 
 
@@ -87,7 +87,7 @@ def test_multichannel_model_refuses_another_channel_count(array_model, tmp_path)
 
 def test_mono_model_refuses_a_stereo_file(mono_model, tmp_path):
     src = _write(tmp_path / "stereo.wav", channels=2)
-    with pytest.raises(DataError, match=r"model 'dpdcrn' expects mono \(1-channel\) input, '.*stereo\.wav' has "
+    with pytest.raises(DataError, match=r"model 'dpcrn_lite' expects mono \(1-channel\) input, '.*stereo\.wav' has "
                                         r"2 channels: downmix"):
         enhance_file(mono_model, src, tmp_path / "out.wav")
     assert not (tmp_path / "out.wav").exists()

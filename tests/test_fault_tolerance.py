@@ -46,7 +46,7 @@ SWEEP = {
         "valid": {"corpus": "vb_demand", "speakers": ["p257"], "max_utterances": 1},
         "test": {"corpus": "vb_demand", "speakers": ["p232"], "pesq_mode": "wb", "max_utterances": 1},
     },
-    "teacher": {"model": {"name": "dpdcrn", "kwargs": {"n_fft": 256, "hop_length": 128, "channels": [8, 12],
+    "teacher": {"model": {"name": "dpcrn_lite", "kwargs": {"n_fft": 256, "hop_length": 128, "channels": [8, 12],
                                                         "rnn_hidden": 12, "n_dilated": 1, "n_dualpath": 1}},
                 "epochs": 1, "batch_size": 2, "threads": 1},
     "training": {"epochs": EPOCHS, "batch_size": 2},

@@ -61,14 +61,14 @@ def test_frequency_matrices_of_different_size_are_resized_not_refused():
 
 
 def _pair(ratio=0.25):
-    teacher = build_model("dpdcrn", TEACHER_ARGS).eval()
-    student = build_model("dpdcrn", size_student("dpdcrn", TEACHER_ARGS, ratio).model_args)
+    teacher = build_model("dpcrn_lite", TEACHER_ARGS).eval()
+    student = build_model("dpcrn_lite", size_student("dpcrn_lite", TEACHER_ARGS, ratio).model_args)
     return student, teacher
 
 
 @pytest.mark.parametrize("name", ["output", "self_similarity"])
 def test_loss_is_zero_when_the_student_equals_the_teacher(name):
-    teacher = build_model("dpdcrn", TEACHER_ARGS).eval()
+    teacher = build_model("dpcrn_lite", TEACHER_ARGS).eval()
     student = copy.deepcopy(teacher).eval()
     method = build_kd_method(name, student, teacher)
     loss = method(kd_inputs(method, student, teacher, torch.randn(2, 8000)))

@@ -61,7 +61,7 @@ def fixture_method(case: str):
 def _fixture_models(student_kind: str):
     # the fixture features are synthetic: model weights do not enter the values, only tap shapes
     torch.manual_seed(0)
-    return build_model("dpdcrn", FIX_STUDENTS[student_kind]), build_model("dpdcrn", FIX_TEACHER)
+    return build_model("dpcrn_lite", FIX_STUDENTS[student_kind]), build_model("dpcrn_lite", FIX_TEACHER)
 
 
 _SHAPES: dict[tuple[str, tuple[str, ...]], dict[str, torch.Size]] = {}
@@ -104,8 +104,8 @@ NAMES = ["fitnets", "spkd", "reviewkd"]
 @functools.cache
 def _cached_pair():
     torch.manual_seed(0)
-    teacher = build_model("dpdcrn", TEACHER_ARGS).eval()
-    student = build_model("dpdcrn", size_student("dpdcrn", TEACHER_ARGS, 0.25).model_args)
+    teacher = build_model("dpcrn_lite", TEACHER_ARGS).eval()
+    student = build_model("dpcrn_lite", size_student("dpcrn_lite", TEACHER_ARGS, 0.25).model_args)
     return student, teacher
 
 

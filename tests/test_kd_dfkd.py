@@ -51,7 +51,7 @@ def fixture_inputs() -> KDInputs:
 
 
 def _method(kwargs=None, student=None, teacher=None):
-    model = build_model("dpdcrn", TEACHER_ARGS)
+    model = build_model("dpcrn_lite", TEACHER_ARGS)
     return build_kd_method("dfkd", student or model, teacher or model, kwargs or {})
 
 
@@ -122,7 +122,7 @@ def test_loss_is_zero_when_outputs_are_equal(case):
 
 
 def test_loss_is_zero_for_a_student_equal_to_the_teacher():
-    teacher = build_model("dpdcrn", TEACHER_ARGS).eval()
+    teacher = build_model("dpcrn_lite", TEACHER_ARGS).eval()
     student = copy.deepcopy(teacher).eval()
     method = _method({"high_weight_mode": "adaptive"}, student, teacher)
     loss = method(kd_inputs(method, student, teacher, torch.randn(2, 8000)))
@@ -132,8 +132,8 @@ def test_loss_is_zero_for_a_student_equal_to_the_teacher():
 @pytest.mark.parametrize("case", ["default", "complex_frame", "adaptive_mean"])
 def test_gradient_reaches_the_student_and_never_the_teacher(case):
     torch.manual_seed(0)
-    teacher = build_model("dpdcrn", TEACHER_ARGS).eval()
-    student = build_model("dpdcrn", size_student("dpdcrn", TEACHER_ARGS, 0.25).model_args)
+    teacher = build_model("dpcrn_lite", TEACHER_ARGS).eval()
+    student = build_model("dpcrn_lite", size_student("dpcrn_lite", TEACHER_ARGS, 0.25).model_args)
     method = _method(CASES[case], student, teacher)
     x = torch.randn(2, 8000)
     x[1, 4000:] = 0.0  # a silent tail: exact-zero STFT bins must not give NaN gradients
@@ -197,7 +197,7 @@ def test_parameter_free_and_needs_the_teacher():
     assert method.student_taps() == [] and method.teacher_taps() == []
     assert "2502.04711" in method.source
     with pytest.raises(ValueError, match="teacher"):
-        build_kd_method("dfkd", build_model("dpdcrn", TEACHER_ARGS), None)
+        build_kd_method("dfkd", build_model("dpcrn_lite", TEACHER_ARGS), None)
 
 
 @pytest.mark.parametrize("kwargs,key", [
@@ -218,8 +218,8 @@ def test_bad_kwargs_are_refused_naming_the_key(kwargs, key):
 
 def test_one_real_training_step_updates_the_student():
     torch.manual_seed(0)
-    teacher = build_model("dpdcrn", TEACHER_ARGS).eval()
-    student = build_model("dpdcrn", size_student("dpdcrn", TEACHER_ARGS, 0.25).model_args)
+    teacher = build_model("dpcrn_lite", TEACHER_ARGS).eval()
+    student = build_model("dpcrn_lite", size_student("dpcrn_lite", TEACHER_ARGS, 0.25).model_args)
     method = _method({"high_weight_mode": "adaptive"}, student, teacher)
     opt = torch.optim.Adam([*student.parameters(), *method.parameters()], lr=1e-2)
     before = [p.detach().clone() for p in student.parameters()]

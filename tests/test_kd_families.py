@@ -20,7 +20,7 @@ FAMILIES = {
     "convtasnet": ({"n_filters": 32, "bn_chan": 16, "hid_chan": 32, "skip_chan": 16, "n_blocks": 2,
                     "n_repeats": 1}, {}),
     "dccrn": ({"channels": [6, 8], "rnn_units": 8}, {}),
-    "dpdcrn": ({"channels": [6, 8], "rnn_hidden": 8, "n_dilated": 1, "n_dualpath": 1}, {}),
+    "dpcrn_lite": ({"channels": [6, 8], "rnn_hidden": 8, "n_dilated": 1, "n_dualpath": 1}, {}),
     "dptnet": ({"n_filters": 16, "ff_hid": 16, "n_repeats": 1, "chunk_size": 20, "hop_size": 10}, {}),
     "ftjnf": ({"n_channels": 3, "n_lstm_hidden1": 12, "n_lstm_hidden2": 8}, {}),
     "subband": ({"n_bands": 4, "hidden": 12, "shared": False}, {"shared": True}),

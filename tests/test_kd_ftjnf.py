@@ -26,7 +26,7 @@ from tests.kd_helpers import kd_inputs
 
 FIXTURE = Path(__file__).parent / "fixtures" / "kd_ftjnf.json"
 TEACHER_ARGS = {"channels": [4, 6], "rnn_hidden": 6, "n_dilated": 1, "n_dualpath": 1}
-STUDENT_ARGS = size_student("dpdcrn", TEACHER_ARGS, 0.25).model_args
+STUDENT_ARGS = size_student("dpcrn_lite", TEACHER_ARGS, 0.25).model_args
 NAMES = ["mask_matching", "signal_matching", "ss_wideband", "ss_narrowband", "fused_multilayer"]
 FEATURE_METHODS = ["mask_matching", "ss_wideband", "ss_narrowband"]
 CASES = {
@@ -45,7 +45,7 @@ CASES = {
 
 
 def _models():
-    return build_model("dpdcrn", STUDENT_ARGS), build_model("dpdcrn", TEACHER_ARGS)
+    return build_model("dpcrn_lite", STUDENT_ARGS), build_model("dpcrn_lite", TEACHER_ARGS)
 
 
 def _build(name, kwargs=None, student=None, teacher=None, seed=0):
@@ -85,7 +85,7 @@ def test_loss_values_match_precomputed_fixtures(case):
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "fused_multilayer"])
 def test_loss_is_zero_when_the_student_equals_the_teacher(name):
-    teacher = build_model("dpdcrn", TEACHER_ARGS).eval()
+    teacher = build_model("dpcrn_lite", TEACHER_ARGS).eval()
     student = copy.deepcopy(teacher).eval()
     method = _build(name, {}, student, teacher)
     loss = method(kd_inputs(method, student, teacher, torch.randn(2, 8000)))
@@ -95,7 +95,7 @@ def test_loss_is_zero_when_the_student_equals_the_teacher(name):
 def test_fused_multilayer_learns_to_match_an_identical_student():
     """ABF projections make the loss non-zero at student == teacher; optimising only the ABF
     parameters on identical features must drive it down."""
-    teacher = build_model("dpdcrn", TEACHER_ARGS).eval()
+    teacher = build_model("dpcrn_lite", TEACHER_ARGS).eval()
     student = copy.deepcopy(teacher).eval()
     method = _build("fused_multilayer", {}, student, teacher)
     inputs = kd_inputs(method, student, teacher, torch.randn(2, 8000))
@@ -117,8 +117,8 @@ def test_fused_multilayer_learns_to_match_an_identical_student():
 @pytest.mark.parametrize("name", NAMES)
 def test_gradient_reaches_the_student_and_method_and_never_the_teacher(name):
     torch.manual_seed(0)
-    teacher = build_model("dpdcrn", TEACHER_ARGS).eval()
-    student = build_model("dpdcrn", STUDENT_ARGS)
+    teacher = build_model("dpcrn_lite", TEACHER_ARGS).eval()
+    student = build_model("dpcrn_lite", STUDENT_ARGS)
     method = _build(name, {}, student, teacher)
     loss = method(kd_inputs(method, student, teacher, torch.randn(2, 8000)))
     assert float(loss.detach()) > 0
@@ -181,8 +181,8 @@ def test_self_similarity_losses_do_not_depend_on_channel_count(name):
 ])
 def test_different_resolutions_are_resized_not_refused(name, student_args):
     torch.manual_seed(0)
-    teacher = build_model("dpdcrn", TEACHER_ARGS).eval()
-    student = build_model("dpdcrn", {**STUDENT_ARGS, **student_args})
+    teacher = build_model("dpcrn_lite", TEACHER_ARGS).eval()
+    student = build_model("dpcrn_lite", {**STUDENT_ARGS, **student_args})
     method = _build(name, {}, student, teacher)
     inputs = kd_inputs(method, student, teacher, torch.randn(2, 8000))
     (s_name,), (t_name,) = method.student_taps(), method.teacher_taps()
@@ -194,8 +194,8 @@ def test_different_resolutions_are_resized_not_refused(name, student_args):
 
 
 def test_fused_multilayer_handles_different_depths():
-    teacher = build_model("dpdcrn", TEACHER_ARGS).eval()
-    student = build_model("dpdcrn", {**STUDENT_ARGS, "channels": [3], "n_dilated": 0})
+    teacher = build_model("dpcrn_lite", TEACHER_ARGS).eval()
+    student = build_model("dpcrn_lite", {**STUDENT_ARGS, "channels": [3], "n_dilated": 0})
     method = _build("fused_multilayer", {}, student, teacher)
     loss = method(kd_inputs(method, student, teacher, torch.randn(2, 8000)))
     assert loss.ndim == 0 and torch.isfinite(loss)
@@ -277,8 +277,8 @@ def test_impossible_taps_are_config_errors(name, kwargs, match):
 @pytest.mark.parametrize("name", NAMES)
 def test_one_real_training_step_updates_student_and_method(name):
     torch.manual_seed(0)
-    teacher = build_model("dpdcrn", TEACHER_ARGS).eval()
-    student = build_model("dpdcrn", STUDENT_ARGS)
+    teacher = build_model("dpcrn_lite", TEACHER_ARGS).eval()
+    student = build_model("dpcrn_lite", STUDENT_ARGS)
     method = _build(name, {}, student, teacher)
     assert method.needs_teacher and "2507.19208" in method.source
     params = [*student.parameters(), *method.parameters()]

@@ -45,12 +45,12 @@ CASES: dict[str, dict] = {
 
 @functools.cache
 def _student_args(ratio: float) -> dict:
-    return size_student("dpdcrn", TEACHER_ARGS, ratio).model_args
+    return size_student("dpcrn_lite", TEACHER_ARGS, ratio).model_args
 
 
 def _pair(ratio: float = 0.25):
-    teacher = build_model("dpdcrn", TEACHER_ARGS).eval()
-    student = build_model("dpdcrn", _student_args(ratio))
+    teacher = build_model("dpcrn_lite", TEACHER_ARGS).eval()
+    student = build_model("dpcrn_lite", _student_args(ratio))
     return student, teacher
 
 
@@ -161,7 +161,7 @@ def test_intra_set_loss_vanishes_when_student_equals_teacher_at_low_temperature(
     """Minimal, not zero, at the default τ: every diagonal pair (i, i) has distance 0, off-diagonal
     pairs keep weight ∝ exp(−d/τ), which vanishes as τ → 0."""
     torch.manual_seed(0)
-    teacher = build_model("dpdcrn", TEACHER_ARGS).eval()
+    teacher = build_model("dpcrn_lite", TEACHER_ARGS).eval()
     student = copy.deepcopy(teacher).eval()
     x = torch.randn(2, 1600)
     cold = _method(student, teacher, inter_set_fusion=False, temperature=1e-4, **kwargs)
@@ -176,7 +176,7 @@ def test_full_method_at_equality_is_only_the_inter_set_term():
     """With student == teacher the full loss (τ → 0) equals the inter-set term alone: the intra-set
     term vanishes, the fused ABF representative is a learned transform and is not the teacher's layer."""
     torch.manual_seed(0)
-    teacher = build_model("dpdcrn", TEACHER_ARGS).eval()
+    teacher = build_model("dpcrn_lite", TEACHER_ARGS).eval()
     student = copy.deepcopy(teacher).eval()
     x = torch.randn(2, 1600)
     full = _method(student, teacher, temperature=1e-4)
@@ -238,8 +238,8 @@ def test_intra_set_loss_does_not_depend_on_student_channel_count():
 @pytest.mark.parametrize("kwargs", [{}, {"weights": "learned"}, {"teacher_representative": "mean"}])
 def test_student_and_teacher_may_differ_in_depth_and_width(fusion, kwargs):
     torch.manual_seed(0)
-    teacher = build_model("dpdcrn", TEACHER_ARGS).eval()
-    student = build_model("dpdcrn", {"n_fft": 64, "hop_length": 32, "channels": [3, 5], "rnn_hidden": 4,
+    teacher = build_model("dpcrn_lite", TEACHER_ARGS).eval()
+    student = build_model("dpcrn_lite", {"n_fft": 64, "hop_length": 32, "channels": [3, 5], "rnn_hidden": 4,
                                      "n_dilated": 1, "n_dualpath": 1})
     method = _method(student, teacher, fusion=fusion, **kwargs)
     assert len(method.s_sets["encoder"]) == 2 and len(method.t_sets["encoder"]) == 3

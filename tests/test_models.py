@@ -17,14 +17,14 @@ TEACHER_ARGS = {"channels": [32, 48, 48], "rnn_hidden": 64, "n_dilated": 2, "n_d
 
 @pytest.mark.parametrize("length", [16000, 12345])
 def test_dpdcrn_forward_shape_any_length(length):
-    model = build_model("dpdcrn", {"channels": [8, 8], "rnn_hidden": 8})
+    model = build_model("dpcrn_lite", {"channels": [8, 8], "rnn_hidden": 8})
     out = model(torch.randn(3, length))
     assert out.shape == (3, length)
     assert torch.isfinite(out).all()
 
 
 def test_feature_taps_are_btcf_and_sets_cover_every_block():
-    model = build_model("dpdcrn", TEACHER_ARGS)
+    model = build_model("dpcrn_lite", TEACHER_ARGS)
     taps = FeatureTaps(model, model.feature_taps())
     model(torch.randn(2, 16000))
     t = 16000 // 256 + 1
@@ -39,9 +39,9 @@ def test_feature_taps_are_btcf_and_sets_cover_every_block():
 
 @pytest.mark.parametrize("ratio", [1.0, 0.5, 0.25, 0.1, 0.04])
 def test_size_builder_hits_ratio_within_10_percent(ratio):
-    sized = size_student("dpdcrn", TEACHER_ARGS, ratio)
-    student = build_model("dpdcrn", sized.model_args)
-    teacher = build_model("dpdcrn", TEACHER_ARGS)
+    sized = size_student("dpcrn_lite", TEACHER_ARGS, ratio)
+    student = build_model("dpcrn_lite", sized.model_args)
+    teacher = build_model("dpcrn_lite", TEACHER_ARGS)
     achieved = count_params(student) / count_params(teacher)
     assert abs(achieved - ratio) / ratio <= 0.10
     assert sized.achieved_ratio == pytest.approx(achieved)
@@ -51,17 +51,17 @@ def test_size_builder_hits_ratio_within_10_percent(ratio):
 @pytest.mark.parametrize("ratio", [0.0, -0.1, 1.5])
 def test_size_builder_refuses_impossible_ratio(ratio):
     with pytest.raises(ConfigError, match="student_ratio"):
-        size_student("dpdcrn", TEACHER_ARGS, ratio)
+        size_student("dpcrn_lite", TEACHER_ARGS, ratio)
 
 
 def test_size_builder_reduces_depth_only_when_widths_cannot_fit():
     tiny = {"channels": [4, 4], "rnn_hidden": 4, "n_dilated": 2, "n_dualpath": 2}
     # 50 %: width 3 lands within ±10 %, so every block stays
-    half = size_student("dpdcrn", tiny, 0.5)
+    half = size_student("dpcrn_lite", tiny, 0.5)
     assert half.depth_reduction == 0 and half.model_args["channels"] == [3, 3]
     assert (half.model_args["n_dilated"], half.model_args["n_dualpath"]) == (2, 2)
     # 90 %: the next integer width down is ~54 %, so no width-only config fits and a block goes
-    most = size_student("dpdcrn", tiny, 0.9)
+    most = size_student("dpcrn_lite", tiny, 0.9)
     assert most.depth_reduction > 0
     assert most.model_args["n_dilated"] + most.model_args["n_dualpath"] < 4
     assert abs(most.achieved_ratio - 0.9) <= 0.09
@@ -91,8 +91,8 @@ def test_macs_count_conv_and_lstm_exactly():
 
 
 def test_checkpoint_round_trip_rebuilds_identical_outputs(tmp_path):
-    sized = size_student("dpdcrn", TEACHER_ARGS, 0.1)
-    model = build_model("dpdcrn", sized.model_args).eval()
+    sized = size_student("dpcrn_lite", TEACHER_ARGS, 0.1)
+    model = build_model("dpcrn_lite", sized.model_args).eval()
     path = save_checkpoint(model, tmp_path / "s.pt", {"method": "none", "val_si_sdr": 1.5})
     # the file alone rebuilds the right size, with weights_only loading
     rebuilt, meta = load_model(path)
@@ -105,7 +105,7 @@ def test_checkpoint_round_trip_rebuilds_identical_outputs(tmp_path):
 
 
 def test_truncated_or_foreign_checkpoint_is_refused(tmp_path):
-    model = build_model("dpdcrn", {"channels": [4, 4], "rnn_hidden": 4})
+    model = build_model("dpcrn_lite", {"channels": [4, 4], "rnn_hidden": 4})
     path = save_checkpoint(model, tmp_path / "m.pt")
     data = path.read_bytes()
     (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
@@ -129,17 +129,17 @@ def test_registry_refuses_unknown_and_duplicates():
     with pytest.raises(RegistryError, match="unknown model 'nope'"):
         build_model("nope")
     with pytest.raises(RegistryError, match="twice"):
-        register_model("dpdcrn")(_Conv)
-    assert "dpdcrn" in MODELS
+        register_model("dpcrn_lite")(_Conv)
+    assert "dpcrn_lite" in MODELS
 
 
 @pytest.mark.parametrize("kwargs,key", [({"channels": []}, "channels"), ({"n_fft": 500}, "n_fft"),
                                         ({"compress": 0}, "compress"), ({"kernel": [2, 3]}, "kernel")])
 def test_dpdcrn_refuses_impossible_args(kwargs, key):
     with pytest.raises(ConfigError, match=key):
-        build_model("dpdcrn", kwargs)
+        build_model("dpcrn_lite", kwargs)
 
 
 def test_unknown_model_kwarg_is_a_config_error():
     with pytest.raises(ConfigError, match="width"):
-        build_model("dpdcrn", {"width": 3})
+        build_model("dpcrn_lite", {"width": 3})

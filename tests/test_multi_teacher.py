@@ -28,7 +28,7 @@ def _raw(**over) -> dict:
         "data": {"train": {"segments_per_epoch": 4, "segment_seconds": 0.5},
                  "valid": {"corpus": "vb_demand", "speakers": ["p257"], "max_utterances": 1},
                  "test": {"corpus": "vb_demand", "speakers": ["p232"], "max_utterances": 1}},
-        "teachers": {"small": {"model": {"name": "dpdcrn", "kwargs": DPDCRN}, "epochs": 1, "batch_size": 2},
+        "teachers": {"small": {"model": {"name": "dpcrn_lite", "kwargs": DPDCRN}, "epochs": 1, "batch_size": 2},
                      "complex": {"model": {"name": "dccrn", "kwargs": DCCRN}, "epochs": 1, "batch_size": 2}},
         "training": {"epochs": 1, "batch_size": 2},
         "search": {"method": ["none", "output"], "student_ratio": [0.5]},
@@ -44,7 +44,7 @@ def test_named_teachers_become_a_grid_dimension_with_their_own_families():
     cells = cfg.search.points()
     assert len(cells) == 4 and {c["teacher"] for c in cells} == {"small", "complex"}
     assert cfg.student_base(None, DCCRN, "complex") == ("dccrn", DCCRN)
-    assert cfg.student_base(None, DPDCRN, "small")[0] == "dpdcrn"
+    assert cfg.student_base(None, DPDCRN, "small")[0] == "dpcrn_lite"
     # each teacher its own checkpoint, keyed by its own config
     plan = make_plan(cfg)
     assert plan.teacher("small").path != plan.teacher("complex").path
@@ -64,7 +64,7 @@ def test_search_teacher_picks_a_subset():
     ({"search": {"method": ["none"], "student_ratio": [0.5], "teacher": ["nope"]}}, "search.teacher: ['nope']"),
     ({"teachers": {"x": {"model": {"name": "nope"}}}}, "teachers.x.model.name: unknown model 'nope'"),
     ({"teachers": {"x": {"model": {"name": "dccrn", "kwargs": {"bogus": 1}}}}}, "teachers.x.model.kwargs"),
-    ({"teachers": {"x": {"model": {"name": "dpdcrn", "kwargs": DPDCRN}, "batch_size": 9}}},
+    ({"teachers": {"x": {"model": {"name": "dpcrn_lite", "kwargs": DPDCRN}, "batch_size": 9}}},
      "teachers.x.batch_size: 9 is more than data.train.segments_per_epoch (4)"),
 ])
 def test_bad_named_teachers_are_refused_naming_the_key(over, needle):
@@ -103,7 +103,7 @@ def test_two_teacher_sweep_end_to_end(data_root, tmp_path, monkeypatch):
     path = tmp_path / "two.yaml"
     # two cheap families: a DPDCRN and a sub-band model, output KD only (so both teachers are loaded)
     path.write_text(yaml.safe_dump(_raw(
-        teachers={"small": {"model": {"name": "dpdcrn", "kwargs": DPDCRN}, "epochs": 1, "batch_size": 2},
+        teachers={"small": {"model": {"name": "dpcrn_lite", "kwargs": DPDCRN}, "epochs": 1, "batch_size": 2},
                   "band": {"model": {"name": "subband"}, "epochs": 1, "batch_size": 2}},
         search={"method": ["output"], "student_ratio": [0.5]})))
     monkeypatch.setenv("KDLIB_OUTPUT", str(tmp_path / "out"))
@@ -118,11 +118,11 @@ def test_two_teacher_sweep_end_to_end(data_root, tmp_path, monkeypatch):
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     teachers = runs[runs["tags.kdlib.role"] == "teacher"]
     assert sorted(zip(teachers["params.teacher"], teachers["params.model"], strict=True)) == [
-        ("band", "subband"), ("small", "dpdcrn")]
+        ("band", "subband"), ("small", "dpcrn_lite")]
     trials = runs[runs["tags.kdlib.role"] == "trial"]
     assert len(trials) == 2 and (trials["status"] == "FINISHED").all()
     assert sorted(zip(trials["params.teacher"], trials["params.model"], strict=True)) == [
-        ("band", "subband"), ("small", "dpdcrn")]
+        ("band", "subband"), ("small", "dpcrn_lite")]
     # each student is half of its own teacher, not of the other one
     for _, t in trials.iterrows():
         assert abs(t["metrics.params_pct"] - 50) <= 5

@@ -354,7 +354,7 @@ def test_profile_refuses_an_alias_bomb_in_one_line(capsys, out, tmp_path):
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, "
               f"*a{i - 1}, *a{i - 1}]" for i in range(1, 9)]
-    path = _write(tmp_path, "\n".join(lines) + "\nname: dpdcrn\n", "model.yaml")
+    path = _write(tmp_path, "\n".join(lines) + "\nname: dpcrn_lite\n", "model.yaml")
     _refused(capsys, out, ["profile", str(path)], f"{path}: YAML over kdlib's limits")
 
 
@@ -381,7 +381,7 @@ def test_a_deleted_experiment_of_the_same_name_is_one_line(capsys, out, data_roo
 def _student(folder: Path) -> Path:
     from kdlib.models import build_model, save_checkpoint
 
-    return save_checkpoint(build_model("dpdcrn", {"channels": [4, 6], "rnn_hidden": 6, "n_dilated": 1,
+    return save_checkpoint(build_model("dpcrn_lite", {"channels": [4, 6], "rnn_hidden": 6, "n_dilated": 1,
                                                   "n_dualpath": 1}), folder / "student.pt", {"seed": 0})
 
 

@@ -12,14 +12,14 @@ from kdlib.errors import ConfigError
 from kdlib.models import build_model, count_params, macs_per_second, save_checkpoint
 from kdlib.profile import profile
 
-TINY = {"name": "dpdcrn", "kwargs": {"channels": [8, 8], "rnn_hidden": 8, "n_dilated": 1, "n_dualpath": 1}}
+TINY = {"name": "dpcrn_lite", "kwargs": {"channels": [8, 8], "rnn_hidden": 8, "n_dilated": 1, "n_dualpath": 1}}
 
 
 def test_profile_model_yaml_at_several_ratios(tmp_path):
     path = tmp_path / "model.yaml"
     path.write_text(yaml.safe_dump(TINY))
     rows = profile(path, [1.0, 0.25], seconds=0.5, repeats=2)
-    teacher = build_model("dpdcrn", TINY["kwargs"])
+    teacher = build_model("dpcrn_lite", TINY["kwargs"])
     assert rows[0]["params"] == count_params(teacher) and rows[0]["macs"] == macs_per_second(teacher)
     assert rows[0]["params_pct"] == 100.0 and abs(rows[1]["params_pct"] - 25) <= 2.5
     assert all(r["rtf"] > 0 for r in rows) and rows[1]["macs"] < rows[0]["macs"]

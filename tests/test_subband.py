@@ -75,7 +75,7 @@ def test_subband_kd_refuses_models_it_cannot_pair():
     with pytest.raises(ConfigError, match="n_bands"):
         build_kd_method("subband_kd", build_model("subband", {"n_bands": 1}), teacher)
     with pytest.raises(ConfigError, match="n_bands"):
-        build_kd_method("subband_kd", build_model("dpdcrn", {"channels": [4, 4], "rnn_hidden": 4}), teacher)
+        build_kd_method("subband_kd", build_model("dpcrn_lite", {"channels": [4, 4], "rnn_hidden": 4}), teacher)
     with pytest.raises(ConfigError, match="hidden sizes"):
         build_kd_method("subband_kd", build_model("subband", {**ELITE, "hidden": 8}), teacher, {"hidden_weight": 1})
 

@@ -30,7 +30,7 @@ DPDCRN = {"channels": [4, 6], "rnn_hidden": 6, "n_dilated": 1, "n_dualpath": 1}
 def _plan(output: Path, epochs: int = 2, names: tuple[str, ...] = ("a",), root: Path | None = None,
           **teacher) -> SweepPlan:
     """Tiny named teachers (of different widths), one thread each."""
-    teachers = {name: {"model": {"name": "dpdcrn", "kwargs": {**DPDCRN, "rnn_hidden": 6 + 2 * i}}, "epochs": epochs,
+    teachers = {name: {"model": {"name": "dpcrn_lite", "kwargs": {**DPDCRN, "rnn_hidden": 6 + 2 * i}}, "epochs": epochs,
                        "batch_size": 2, "threads": 1, **teacher} for i, name in enumerate(names)}
     raw = {
         "name": "teacher-tasks",

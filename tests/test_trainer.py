@@ -22,8 +22,8 @@ from kdlib.train import trainer as trainer_module
 
 SR = 16000
 LENGTH = SR // 4  # 0.25 s
-TINY = {"channels": [4, 6], "rnn_hidden": 6, "n_dilated": 1, "n_dualpath": 1}  # the smallest dpdcrn teacher
-STUDENT = size_student("dpdcrn", TINY, 0.5).model_args
+TINY = {"channels": [4, 6], "rnn_hidden": 6, "n_dilated": 1, "n_dualpath": 1}  # the smallest dpcrn_lite teacher
+STUDENT = size_student("dpcrn_lite", TINY, 0.5).model_args
 SETTINGS = TrainSettings(epochs=2, batch_size=2, lr=1e-3, grad_clip=5.0, selection_metric="val_si_sdr",
                          label="unit r=0.5 seed=3")
 
@@ -102,14 +102,14 @@ def _data(train: SyntheticMixes | None = None) -> Data:
 
 def _teacher() -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_model("dpdcrn", TINY).eval()
+    return build_model("dpcrn_lite", TINY).eval()
 
 
 def _trainer(method: str = "output", *, teacher: torch.nn.Module | None = None, data: Data | None = None,
              settings: TrainSettings = SETTINGS, seed: int = 3, log=None) -> Trainer:
     """Seed, then student, then KD method: the order that makes runs bit-identical."""
     torch.manual_seed(seed)
-    student = build_model("dpdcrn", STUDENT)
+    student = build_model("dpcrn_lite", STUDENT)
     kd = build_kd_method(method, student, teacher)
     return Trainer(student, teacher, kd, task_loss_for(student), data or _data(), settings, "cpu",
                    log=log or (lambda _: None))
@@ -194,7 +194,7 @@ def test_a_method_that_needs_a_teacher_refuses_to_run_without_one():
     with pytest.raises(ValueError, match="needs a teacher"):
         _trainer("self_similarity", teacher=None)
     # a KD method built with a teacher, handed to a Trainer without one
-    student, teacher = build_model("dpdcrn", STUDENT), _teacher()
+    student, teacher = build_model("dpcrn_lite", STUDENT), _teacher()
     kd = build_kd_method("output", student, teacher)
     with pytest.raises(ValueError, match="KD method 'output' needs a teacher"):
         Trainer(student, None, kd, task_loss_for(student), _data(), SETTINGS)
@@ -221,7 +221,7 @@ def test_two_step_schedule_trains_kd_only_then_supervised():
 
 
 def test_the_teacher_stays_frozen_while_the_student_trains():
-    teacher = build_model("dpdcrn", TINY).train().requires_grad_(True)
+    teacher = build_model("dpcrn_lite", TINY).train().requires_grad_(True)
     assert torch.is_grad_enabled()
     before = _state(teacher)  # weights and BatchNorm running statistics
     trainer = _trainer("output", teacher=teacher)
@@ -340,7 +340,7 @@ def test_kd_parameters_are_trained_and_the_student_gradient_clipped(monkeypatch)
 
 def test_task_loss_for_uses_the_family_overrides():
     est, ref = torch.randn(2, LENGTH), torch.randn(2, LENGTH)
-    default = task_loss_for(build_model("dpdcrn", TINY))
+    default = task_loss_for(build_model("dpcrn_lite", TINY))
     assert isinstance(default, CompressedSpectralLoss) and default.wav_weight == 10.0
     torch.testing.assert_close(default(est, ref), CompressedSpectralLoss()(est, ref))
 

@@ -31,7 +31,7 @@ from kdlib.validation import short_reprlib
 class ModelNode(_Strict):
     """A registered model: ``{name, kwargs}``."""
 
-    name: str = "dpdcrn"
+    name: str = "dpcrn_lite"
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -1,11 +1,12 @@
-"""DPDCRN-style TF-domain enhancement network (reconstruction, see ../shared/docs/methods.md §1.3).
+"""``dpcrn_lite``: a small DPCRN-family TF-domain enhancement network (kdlib's own design; it does not
+claim to be the DPDCRN of arXiv 2506.13127, which is ``dpdcrn``, see kdlib/models/dpdcrn.py).
 
-The original DPDCRN paper (1st in L3DAS23 Task 1) could not be read, so this is built from its name
-and the DPCRN family: STFT → 2-D conv encoder (stride 2 along frequency) → dilated conv blocks over
-time → dual-path RNN blocks (bi-LSTM across frequency within a frame, LSTM across time per
-frequency) → mirrored transposed-conv decoder with skip connections → complex ratio mask on the
-noisy spectrum → iSTFT. Every width and depth is a constructor arg so the size builder can hit any
-parameter budget.
+Built before the authors' code was found (methods.md §1.3, §9.1), from the DPCRN family: STFT → 2-D conv
+encoder (stride 2 along frequency) → dilated conv blocks over time → dual-path RNN blocks (bi-LSTM across
+frequency within a frame, LSTM across time per frequency) → mirrored transposed-conv decoder with skip
+connections → complex ratio mask on the noisy spectrum → iSTFT. Every width and depth is a constructor arg
+so the size builder can hit any parameter budget. The quickstart uses it because it trains in minutes on
+2 CPU cores.
 """
 
 from __future__ import annotations
@@ -87,8 +88,8 @@ class _DeconvBlock(nn.Module):
         return self.post(self.conv(torch.cat([x, skip], dim=1)))
 
 
-@register_model("dpdcrn")
-class DPDCRN(SEModel):
+@register_model("dpcrn_lite")
+class DPCRNLite(SEModel):
     """Dual-path dilated convolutional recurrent network (reconstruction, see methods.md §1.3).
 
     Args:
@@ -136,17 +137,17 @@ class DPDCRN(SEModel):
         channels = [int(c) for c in channels]
         kernel_t = (int(kernel[0]), int(kernel[1]))
         if not channels or min(channels) < 1:
-            raise ConfigError(f"dpdcrn.channels must be a non-empty list of positive ints, got {channels}")
+            raise ConfigError(f"dpcrn_lite.channels must be a non-empty list of positive ints, got {channels}")
         if (n_fft // 2) % (2 ** len(channels)) != 0:
             # each stride-2 conv maps F → (F-1)/2 + 1; the decoder inverts it only for odd F at every level
-            raise ConfigError(f"dpdcrn.n_fft={n_fft}: n_fft/2 must be divisible by 2^len(channels); "
+            raise ConfigError(f"dpcrn_lite.n_fft={n_fft}: n_fft/2 must be divisible by 2^len(channels); "
                               "use a power of two")
         if min(hop_length, rnn_hidden) < 1 or min(n_dilated, n_dualpath) < 0:
-            raise ConfigError("dpdcrn: hop_length and rnn_hidden must be >= 1, block counts >= 0")
+            raise ConfigError("dpcrn_lite: hop_length and rnn_hidden must be >= 1, block counts >= 0")
         if not 0 < compress <= 1:
-            raise ConfigError(f"dpdcrn.compress must be in (0, 1], got {compress}")
+            raise ConfigError(f"dpcrn_lite.compress must be in (0, 1], got {compress}")
         if kernel_t[0] % 2 == 0 or kernel_t[1] % 2 == 0:
-            raise ConfigError(f"dpdcrn.kernel must be odd in both axes, got {kernel_t}")
+            raise ConfigError(f"dpcrn_lite.kernel must be odd in both axes, got {kernel_t}")
         self.sample_rate = sample_rate
         self.compress = compress
         self.stft = STFT(n_fft, hop_length)
