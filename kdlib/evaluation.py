@@ -3,8 +3,10 @@ enhance audio files and folders with a checkpoint (``kdlib enhance``)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ import torch
 from kdlib.data import PairedCorpus, read_audio, write_audio
 from kdlib.data.audio import AUDIO_SUFFIXES
 from kdlib.errors import DataError
-from kdlib.metrics import MetricSummary, evaluate_pairs, si_sdr
+from kdlib.metrics import MetricSummary, evaluate_generated, evaluate_pairs, si_sdr
 from kdlib.models.base import SEModel
 
 #: inputs shorter than this (samples) are zero-padded at the end for the model and cropped back, so
@@ -60,22 +62,79 @@ def resolve_pesq_mode(mode: str, corpus: PairedCorpus) -> str:
     return corpus.pesq_mode_hint if mode == "auto" else mode
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run the block with torch on ``n`` intra-op threads, then restore the caller's count (even on error)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _one_thread() -> None:
+    """Worker initializer: single-threaded torch, so N workers on N cores do not oversubscribe them."""
+    torch.set_num_threads(1)
+
+
+class _EnhancedPair:
+    """``i -> (clean, enhanced)`` of utterance ``i`` of a corpus: the per-utterance work of a scoring
+    worker (a module-level class, so that a spawned worker can unpickle it)."""
+
+    def __init__(self, model: SEModel, corpus: PairedCorpus, device: torch.device) -> None:
+        self.model, self.corpus, self.device = model, corpus, device
+
+    def __call__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        noisy, clean = self.corpus.load(i)
+        return clean, enhance(self.model, noisy, self.device)
+
+
 def evaluate_model(model: SEModel, corpus: PairedCorpus, pesq_mode: str = "auto",
                    metrics: tuple[str, ...] | None = None, num_workers: int = 1,
                    device: torch.device | str | None = None) -> MetricSummary:
     """Enhance every noisy file of ``corpus`` and score it against the clean reference.
 
-    ``metrics``: names from :data:`kdlib.metrics.specs.METRICS` (``None``: all of them). Metric failures
-    (silence, too-short audio) are counted as missing, never raised; see :func:`kdlib.metrics.evaluate_pairs`
-    for the errors raised on bad input.
+    On a CPU device, ``num_workers`` = N means N single-threaded scorers, each reading, enhancing and scoring
+    its share of the utterances (taken one at a time): N = 1 runs in this process with torch on one thread
+    (the caller's thread count is restored afterwards); N > 1 uses N worker processes (see
+    :func:`kdlib.metrics.evaluate_generated`), so N workers keep N cores busy and no more. Inference and
+    scoring then run the same single-threaded code whatever N is, so the per-utterance scores are identical
+    for every N (ESTOI up to pystoi's ~1e-15 call-to-call jitter). On another device (CUDA) the model runs in
+    this process, since a CUDA context cannot be forked, and N processes score the outputs.
+
+    Args:
+        model: the enhancement model; its contract is ``model.sample_rate`` Hz, input ``(B, L)`` or
+            ``(B, M, L)`` for an M-microphone model, output ``(B, L)``.
+        corpus: the paired corpus (noisy ``(L,)`` or ``(M, L)``, clean ``(L,)``).
+        pesq_mode: ``wb``, ``nb`` or ``auto`` (the corpus' hint, see :func:`resolve_pesq_mode`).
+        metrics: names from :data:`kdlib.metrics.specs.METRICS` (``None``: all of them).
+        num_workers: scorers, see above (values below 1 act as 1; capped at the number of utterances).
+        device: where the model already is (``None``: the device of its parameters).
+
+    Returns:
+        A :class:`~kdlib.metrics.MetricSummary` with one entry per utterance, in corpus order. Metric
+        failures (silence, too-short audio) are counted as missing, never raised.
+
+    Raises:
+        DataError: an unreadable pair, or an enhanced output the metrics refuse (NaN/inf; the message names
+            the utterance); plus the errors of :func:`kdlib.metrics.evaluate_pairs` on bad requests.
+        KdlibError: a worker process died (``num_workers > 1`` only).
     """
-    refs, ests = [], []
-    for i in range(len(corpus)):
-        noisy, clean = corpus.load(i)
-        refs.append(clean)
-        ests.append(enhance(model, noisy, device))
-    return evaluate_pairs(refs, ests, corpus.sample_rate, resolve_pesq_mode(pesq_mode, corpus),
-                          metrics=metrics, num_workers=num_workers)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    mode = resolve_pesq_mode(pesq_mode, corpus)
+    if device.type != "cpu":
+        refs, ests = [], []
+        for i in range(len(corpus)):
+            noisy, clean = corpus.load(i)
+            refs.append(clean)
+            ests.append(enhance(model, noisy, device))
+        return evaluate_pairs(refs, ests, corpus.sample_rate, mode, metrics=metrics, num_workers=num_workers)
+    # one torch thread in the caller too: a lone scorer keeps one core busy, as each of N workers does, and
+    # the outputs (hence the scores) do not depend on N
+    with _torch_threads(1):
+        return evaluate_generated(len(corpus), _EnhancedPair(model, corpus, device), corpus.sample_rate, mode,
+                                  metrics=metrics, num_workers=num_workers, worker_init=_one_thread)
 
 
 def evaluate_noisy(corpus: PairedCorpus, pesq_mode: str = "auto", num_workers: int = 1) -> MetricSummary:

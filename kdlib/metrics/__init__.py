@@ -5,7 +5,13 @@ sweep's MLflow keys and the report's columns follow. Imports neither torch, Ray 
 works on tensors it is given).
 """
 
-from kdlib.metrics.evaluate import MetricSummary, evaluate_pairs, score_utterance, write_score_rows
+from kdlib.metrics.evaluate import (
+    MetricSummary,
+    evaluate_generated,
+    evaluate_pairs,
+    score_utterance,
+    write_score_rows,
+)
 from kdlib.metrics.scores import (
     PESQ_MODES,
     MetricWarning,
@@ -26,6 +32,7 @@ __all__ = [
     "MetricSummary",
     "MetricWarning",
     "check_pesq_mode",
+    "evaluate_generated",
     "evaluate_pairs",
     "metric_keys",
     "write_score_rows",

@@ -9,12 +9,13 @@ is emitted per call. Bad input (unequal lengths, NaN, bad sample rate, unknown m
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -27,7 +28,12 @@ from kdlib.errors import ConfigError, DataError, KdlibError
 from kdlib.metrics import specs
 from kdlib.metrics.scores import MetricWarning, _check_pair, _check_sample_rate, check_pesq_mode
 
-__all__ = ["MetricSummary", "evaluate_pairs", "score_utterance", "write_score_rows"]
+try:  # imported here, not in a forked worker (see _blas_threads)
+    from threadpoolctl import threadpool_limits
+except ImportError:
+    threadpool_limits = None
+
+__all__ = ["MetricSummary", "evaluate_generated", "evaluate_pairs", "score_utterance", "write_score_rows"]
 
 # Start method of the worker processes (measured on the 2-core CPU machine, busy with other jobs at the
 # time, pool of 2 workers, median of 5 pool start-ups; the parent had numpy/scipy/pesq/pystoi imported):
@@ -38,9 +44,12 @@ __all__ = ["MetricSummary", "evaluate_pairs", "score_utterance", "write_score_ro
 # re-executes the caller's main module (so a training script's "import torch" is paid again in every
 # worker). Scoring a 3 s utterance with all four metrics takes about 65-130 ms, so spawn would cost as much
 # as 15-75 utterances per call: a per-epoch validation of a few dozen utterances would get slower, not
-# faster. So on Linux we fork. The worker function (_score_job) is torch-free: it runs only numpy, scipy,
-# the single-threaded PESQ C code and pystoi, all imported in the parent before the fork, so the child
-# never touches torch's OpenMP pool or an import lock held by another thread. (The team's stack notes
+# faster. So on Linux we fork. evaluate_pairs' worker function (_score_job) is torch-free: it runs only
+# numpy, scipy, the single-threaded PESQ C code and pystoi, all imported in the parent before the fork, so
+# the child never touches an import lock held by another thread. evaluate_generated's workers also run the
+# caller's produce function (kdlib.evaluation: model inference), after the caller's worker_init has put
+# torch on one thread, the pattern of torch's own forked DataLoader workers: a single-threaded child never
+# enters the OpenMP pool whose threads stayed behind in the parent. (The team's stack notes
 # report that pesq_batch, which forks the same way, works inside Ray tasks.) Python >= 3.12 emits a
 # DeprecationWarning when a multi-threaded process forks; that is expected here. Elsewhere (macOS, Windows:
 # fork is unsafe or missing) we spawn. KDLIB_METRICS_START_METHOD=spawn|forkserver|fork overrides this.
@@ -239,8 +248,10 @@ def evaluate_pairs(
             ``"si_sdr"``); ``None`` = all of them, in table order.
         num_workers: ``<= 1`` scores in this process; ``> 1`` uses a ``ProcessPoolExecutor`` with that
             many worker processes (capped at the number of pairs; forked on Linux, spawned elsewhere, see
-            ``KDLIB_METRICS_START_METHOD`` above). The results are identical either way and always in
-            input order (ESTOI up to pystoi's own ~1e-15 call-to-call jitter, see ``stoi_score``).
+            ``KDLIB_METRICS_START_METHOD`` above). Each scorer (this process, or each worker) runs numpy's
+            BLAS on one thread (this process's count is restored afterwards), so N scorers keep N cores
+            busy, and the results are identical either way and always in input order (ESTOI up to pystoi's
+            own ~1e-15 call-to-call jitter, see ``stoi_score``).
 
     Returns:
         A :class:`MetricSummary`. Utterances a metric cannot score are counted in ``missing`` and left
@@ -267,24 +278,144 @@ def evaluate_pairs(
             raise DataError(f"utterance {i}: {exc}") from None
         jobs.append((ref, est, rate, pesq_mode, scorers))
 
-    workers = min(int(num_workers), len(jobs))
+    results = _run_jobs(_score_job, jobs, int(num_workers), chunksize=None)
+    return _summarise(results, scorers, stacklevel=3)
+
+
+# The per-utterance function of evaluate_generated inside one worker process, set by _init_generated
+# (passed as the pool initializer's argument: inherited as is by a forked worker, pickled for a spawned one).
+_PRODUCE: Callable[[int], tuple[Any, Any]] | None = None
+
+
+def _init_generated(produce: Callable[[int], tuple[Any, Any]], worker_init: Callable[[], None] | None) -> None:
+    global _PRODUCE
+    if worker_init is not None:
+        worker_init()
+    _PRODUCE = produce
+
+
+def _produce_and_score(
+    produce: Callable[[int], tuple[Any, Any]], i: int, rate: int, pesq_mode: str, scorers: Scorers
+) -> tuple[Scores, Reasons]:
+    reference, estimate = produce(i)
+    try:
+        ref, est = _check_pair(reference, estimate, "estimate")
+    except DataError as exc:
+        raise DataError(f"utterance {i}: {exc}") from None
+    return _score_checked(ref, est, rate, pesq_mode, scorers)
+
+
+def _generated_job(job: tuple[int, int, str, Scorers]) -> tuple[Scores, Reasons]:
+    assert _PRODUCE is not None, "_init_generated did not run in this worker"
+    return _produce_and_score(_PRODUCE, *job)
+
+
+def evaluate_generated(
+    count: int,
+    produce: Callable[[int], tuple[Any, Any]],
+    sample_rate: int,
+    pesq_mode: str,
+    metrics: Sequence[str] | None = None,
+    num_workers: int = 1,
+    worker_init: Callable[[], None] | None = None,
+) -> MetricSummary:
+    """Make and score ``count`` pairs, ``produce(i) -> (reference, estimate)``, each worker doing both for
+    its share: what :func:`kdlib.evaluation.evaluate_model` uses so that inference runs in parallel too.
+
+    ``num_workers <= 1`` runs everything in this process (set it up yourself, e.g. its thread count);
+    ``> 1`` starts that many worker processes (capped at ``count``; forked on Linux, spawned elsewhere, see
+    ``KDLIB_METRICS_START_METHOD``), each calling ``worker_init()`` once and then taking utterance indices one
+    at a time (so a long utterance does not hold back a fixed share). ``produce`` and ``worker_init`` must be
+    picklable for a spawned worker (module-level functions, or objects of module-level classes); a forked
+    worker inherits them. Every scorer runs numpy's BLAS on one thread, as in :func:`evaluate_pairs`. The
+    results are in index order and, for a ``produce`` that gives the same output in every process, the
+    same whatever ``num_workers`` is (ESTOI up to pystoi's ~1e-15 call-to-call jitter, see ``stoi_score``).
+
+    Args:
+        count: number of utterances (indices ``0 ... count-1``).
+        produce: ``i ->`` (clean reference ``(L,)``, estimate ``(L,)``), at ``sample_rate`` Hz.
+        sample_rate: rate of all signals in Hz.
+        pesq_mode: ``"wb"`` or ``"nb"``; only checked if a metric that uses it is requested.
+        metrics: names from :data:`kdlib.metrics.specs.METRICS`; ``None`` = all of them, in table order.
+        num_workers: worker processes (see above).
+        worker_init: run once in each worker process before its first utterance (``num_workers > 1`` only).
+
+    Returns:
+        A :class:`MetricSummary`, as :func:`evaluate_pairs` gives.
+
+    Raises:
+        DataError: unknown metric name, bad sample rate or PESQ mode, ``count < 1``, or a produced pair that
+            is bad (the message names the utterance index); whatever ``produce`` raises is re-raised here.
+        ConfigError: ``KDLIB_METRICS_START_METHOD`` names a start method this platform lacks.
+        KdlibError: a worker process died (``num_workers > 1`` only).
+    """
+    rate, scorers = _check_common(sample_rate, pesq_mode, metrics)
+    if count < 1:
+        raise DataError("no utterances to evaluate")
+    workers = min(int(num_workers), count)
     if workers <= 1:
-        results = [_score_job(job) for job in jobs]
+        with _blas_threads(1):
+            results = [_produce_and_score(produce, i, rate, pesq_mode, scorers) for i in range(count)]
     else:
-        chunksize = max(1, math.ceil(len(jobs) / (4 * workers)))
-        context = multiprocessing.get_context(_start_method())
-        import pesq  # noqa: F401  (imported before the fork so that the workers import nothing)
-        import pystoi  # noqa: F401
+        jobs = [(i, rate, pesq_mode, scorers) for i in range(count)]
+        results = _run_jobs(_generated_job, jobs, workers, chunksize=1,
+                            initializer=_init_generated, initargs=(produce, worker_init))
+    return _summarise(results, scorers, stacklevel=3)
 
-        try:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                results = list(pool.map(_score_job, jobs, chunksize=chunksize))
-        except BrokenProcessPool as exc:
-            raise KdlibError(
-                "a metric worker process died (the PESQ C code can crash on odd input); "
-                "rerun with num_workers=1 to find the utterance"
-            ) from exc
 
+def _blas_threads(n: int) -> contextlib.AbstractContextManager[Any]:
+    """numpy/scipy's BLAS (OpenBLAS) on ``n`` threads from now on (restored when used as a context manager).
+
+    pystoi's matrix products would otherwise use every core (measured: STOI/ESTOI took 1.8-2.0 CPU-seconds
+    per wall second on 2 cores, and two scoring processes with 2 OpenBLAS threads each fought over the two
+    cores: 2 workers were slower than 1). threadpoolctl is a dependency (pyproject.toml); without it
+    BLAS keeps its own thread count, which changes speed, not scores.
+    """
+    if threadpool_limits is None:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=n, user_api="blas")
+
+
+def _init_worker(initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:
+    """Pool initializer: a single-threaded BLAS, then the caller's own initializer."""
+    _blas_threads(1)  # kept for the worker's life: the limit stays until restored
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _run_jobs(fn: Callable[[Any], tuple[Scores, Reasons]], jobs: list[Any], workers: int, chunksize: int | None,
+              initializer: Callable[..., None] | None = None, initargs: tuple[Any, ...] = ()
+              ) -> list[tuple[Scores, Reasons]]:
+    """``[fn(job) for job in jobs]``, in this process (``workers <= 1``) or in a pool of ``workers``
+    processes (capped at the job count), results in job order; ``chunksize=None``: about 4 chunks per worker.
+
+    Raises:
+        ConfigError: ``KDLIB_METRICS_START_METHOD`` names a start method this platform lacks.
+        KdlibError: a worker process died.
+    """
+    workers = min(workers, len(jobs))
+    if workers <= 1:
+        with _blas_threads(1):
+            return [fn(job) for job in jobs]
+    chunksize = chunksize or max(1, math.ceil(len(jobs) / (4 * workers)))
+    context = multiprocessing.get_context(_start_method())
+    import pesq  # noqa: F401  (imported before the fork so that the workers import nothing)
+    import pystoi  # noqa: F401
+
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                                 initargs=(initializer, initargs)) as pool:
+            return list(pool.map(fn, jobs, chunksize=chunksize))
+    except BrokenProcessPool as exc:
+        raise KdlibError(
+            "a scoring worker process died (the PESQ C code can crash on odd input, or it ran out of "
+            "memory); rerun with num_workers=1 to find the utterance"
+        ) from exc
+
+
+def _summarise(results: list[tuple[Scores, Reasons]], scorers: Scorers, stacklevel: int) -> MetricSummary:
+    """Means over the scored utterances, missing counts and one summary warning (``stacklevel`` 3: the
+    caller of the public function)."""
     per_utterance = [scores for scores, _ in results]
     means: dict[str, float] = {}
     missing: dict[str, int] = {}
@@ -296,9 +427,9 @@ def evaluate_pairs(
         if missing[name]:
             first = next(i for i, (_, r) in enumerate(results) if name in r)
             notes.append(
-                f"{specs.metric(name).label} could not score {missing[name]} of {len(jobs)} utterances "
+                f"{specs.metric(name).label} could not score {missing[name]} of {len(results)} utterances "
                 f"(first: utterance {first}, {results[first][1][name]})"
             )
     if notes:
-        warnings.warn("; ".join(notes), MetricWarning, stacklevel=2)
-    return MetricSummary(means=means, missing=missing, per_utterance=per_utterance, count=len(jobs))
+        warnings.warn("; ".join(notes), MetricWarning, stacklevel=stacklevel)
+    return MetricSummary(means=means, missing=missing, per_utterance=per_utterance, count=len(results))
