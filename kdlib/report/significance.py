@@ -103,8 +103,8 @@ def significance_table(finished: pd.DataFrame, scores: Mapping[str, pd.DataFrame
             continue
         base = baselines[baselines["student_ratio"].map(ratio_key) == ratio]
         for col in extras:  # match the baseline on the dimensions it has (teacher, student family, lr, ...)
-            if col == param_column("kd_weight"):
-                continue  # λ does nothing to the student trained alone
+            if col in (param_column("kd_weight"), param_column("variant")) or col.startswith(param_column("kd.")):
+                continue  # λ, KD knobs and their named variants do nothing to the student trained alone
             if col in base and base[col].notna().any():
                 base = base[base[col].astype(str) == str(group.iloc[0].get(col))]
         knobs = ", ".join(f"{c.removeprefix('param.')}={v}" for c, v in zip(extras, key[2:], strict=True)

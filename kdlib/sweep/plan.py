@@ -338,8 +338,13 @@ def _check_registered(cfg: SweepConfig) -> None:
             validate_kd_kwargs(name, kwargs)
         except KdlibError as exc:
             raise ConfigError(str(exc).replace(f"kd.{name}", f"methods.{name}", 1)) from None
+    # a variant's overrides must suit every method it is crossed with; pairs that `exclude` removes entirely
+    # are not crossed (so one sweep can hold e.g. `none`, i2rf_tfckd variants and dfkd variants)
+    crossed = {(c["method"], c.get("variant")) for c in cfg.search.cells()} if cfg.search.variants else set()
     for variant, overrides in cfg.search.variants.items():
         for m in cfg.search.method:
+            if (m, variant) not in crossed:
+                continue
             try:
                 validate_kd_kwargs(m, {**cfg.methods.get(m, {}), **overrides})
             except KdlibError as exc:
