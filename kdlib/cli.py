@@ -211,6 +211,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         with torch.device("meta"):
             params = count_params(cls())
         print(f"{name} ({cls.__name__}): {params:,} params with defaults")
+        print("  source: " + " ".join((inspect.getdoc(cls) or "").split("\n\n")[0].split()))
+        loss = getattr(cls, "task_loss", None)
+        if loss:
+            print(f"  task loss: {loss['name']}" + (f" {loss['kwargs']}" if loss.get("kwargs") else ""))
         for knob, what in cls.size_knobs.items():
             print(f"  size knob {knob}: {what}")
         sig = inspect.signature(cls.__init__)

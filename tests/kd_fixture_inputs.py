@@ -1,4 +1,7 @@
-"""Seeded inputs for the KD loss-value fixtures (tests/fixtures/kd_losses.json).
+"""Seeded inputs for the KD loss-value regression pins (tests/fixtures/kd_losses.json).
+
+The pinned values were produced by the code they test: they catch unintended changes, not wrong
+maths (tests/test_kd.py checks the values against naive re-derivations).
 
 Regenerate the JSON only when a method's maths changes on purpose:
     python tests/kd_fixture_inputs.py > tests/fixtures/kd_losses.json

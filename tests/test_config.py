@@ -193,3 +193,33 @@ def test_good_searched_kd_values_pass(tmp_path):
     data = _with("search.method", ["self_similarity"])
     data["search"].update(grid={"kd.distance": ["mse", "kl"]}, optuna={"kd.temperature": {"loguniform": [0.1, 4]}})
     assert load_plan(_write(tmp_path, data)).cfg.search.grid["kd.distance"] == ["mse", "kl"]
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("training.task_loss", {"nam": "si_snr"}, "training.task_loss.nam"),
+    ("training.task_loss", {"name": "si_snrr"}, "training.task_loss.name: unknown task loss 'si_snrr'"),
+    ("training.task_loss", {"name": "si_snr", "kwargs": {"epsilon": 1e-6}},
+     "unknown key 'training.task_loss.kwargs.epsilon'"),
+    ("training.task_loss", {"name": "compressed_spectral", "kwargs": {"compress": 0}},
+     "training.task_loss.kwargs.compress"),
+    ("training.task_loss", "band_spectral", "training.task_loss: task loss 'band_spectral' cannot train dpcrn_lite"),
+    ("teacher.task_loss", {"name": "si_snr", "kwargs": {"eps": -1}}, "teacher.task_loss.kwargs.eps"),
+])
+def test_bad_task_losses_are_refused_at_load_naming_the_key(tmp_path, key, value, needle):
+    with pytest.raises(ConfigError) as err:
+        load_plan(_write(tmp_path, _with(key, value)))
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_task_loss_overrides_load_and_an_unset_one_leaves_the_config_as_before(tmp_path):
+    cfg = load_plan(_write(tmp_path, _with("training.task_loss", "si_snr"))).cfg
+    assert (cfg.training.task_loss.name, cfg.training.task_loss.kwargs) == ("si_snr", {})
+    assert cfg.teacher.task_loss is None  # the teacher keeps its family's default
+    teacher = load_plan(_write(tmp_path, _with("teacher.task_loss", {"name": "compressed_spectral",
+                                                                     "kwargs": {"wav_weight": 0.0}}))).cfg
+    assert teacher.teacher.task_loss.kwargs == {"wav_weight": 0.0}
+    again = validate(SweepConfig, teacher.model_dump(mode="json"))  # `kdlib sweep resume` reloads the dump
+    assert again.teacher.task_loss == teacher.teacher.task_loss
+    # no key in the dump when unset: config and teacher hashes are those of sweeps written before it existed
+    plain = load_plan(SWEEPS / "quickstart.yaml").cfg.model_dump(mode="json")
+    assert "task_loss" not in plain["training"] and "task_loss" not in plain["teacher"]

@@ -1,7 +1,8 @@
-"""FitNets, SPKD and ReviewKD (kdlib.kd.baselines): fixture values, zero at equality, gradients,
-invariances, extra params, kwargs validation, ablation switches and one real training step.
+"""FitNets, SPKD and ReviewKD (kdlib.kd.baselines): values against naive re-derivations, regression
+pins, zero at equality, gradient isolation (teacher run with autograd on), invariances, extra
+params, kwargs validation, ablation switches and one real training step.
 
-Regenerate the fixture only when a method's maths changes on purpose:
+Regenerate the regression pins only when a method's maths changes on purpose:
     python -m tests.test_kd_baselines > tests/fixtures/kd_baselines.json
 """
 
@@ -20,10 +21,11 @@ import torch.nn.functional as F
 
 from kdlib.errors import ConfigError
 from kdlib.kd import KD_METHODS, FeatureTaps, KDInputs, build_kd_method, validate_kd_kwargs
-from kdlib.kd.baselines import spkd_gram
+from kdlib.kd.baselines import FitNetsKD, spkd_gram
 from kdlib.kd.fusion import hcl_loss
 from kdlib.kd.hooks import probe_feature_shapes
 from kdlib.models import build_model, size_student
+from tests.kd_helpers import assert_gradient_isolated, gradient_flow, naive_conv2d, naive_review
 
 FIXTURE_PATH = Path(__file__).parent / "fixtures" / "kd_baselines.json"
 
@@ -155,7 +157,9 @@ def test_fixture_file_covers_every_case():
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_loss_values_match_precomputed_fixtures(case):
+def test_loss_values_match_regression_pins(case):
+    """Regression pin only: tests/fixtures/kd_baselines.json was written by this code, so it catches
+    an unintended change of value, not wrong maths (the naive re-derivations below check that)."""
     method = fixture_method(case)
     with torch.no_grad():
         value = float(method(fixture_inputs(method)))
@@ -232,17 +236,28 @@ def test_reviewkd_is_minimal_not_zero_at_equality_and_its_abfs_can_reach_it():
     ("reviewkd", {}),
 ])
 def test_gradient_reaches_the_student_and_the_method_never_the_teacher(name, kwargs):
+    """The teacher runs with autograd on, so a missing detach would reach its parameters."""
     student, teacher = _pair()
     method = build_kd_method(name, student, teacher, kwargs)
-    loss = method(_inputs(student, teacher, _x()))
-    assert loss.item() > 0
-    loss.backward()
-    grads = [p.grad for p in student.parameters() if p.grad is not None]
-    assert grads and any(g.abs().sum() > 0 for g in grads)
-    own = list(method.parameters())
-    assert all(p.grad is not None for p in own)
-    assert all(p.grad.abs().sum() > 0 for p in own if p.ndim > 1)  # every conv weight learns
-    assert all(p.grad is None for p in teacher.parameters())
+    flow = assert_gradient_isolated(method, student, teacher, _x())  # every adapter / ABF weight learns too
+    assert flow.loss > 0
+    assert all(p.grad is not None for p in method.parameters())
+
+
+class _LeakyFitNets(FitNetsKD):
+    """Deliberately broken: the hint is compared with the teacher feature without detaching it."""
+
+    def forward(self, inputs: KDInputs) -> torch.Tensor:
+        (s_name, t_name), adapter = self.pairs[0], self.adapters[0]
+        return F.mse_loss(adapter(inputs.student_features[s_name]), inputs.teacher_features[t_name])
+
+
+def test_gradient_isolation_check_fails_for_a_method_that_does_not_detach():
+    student, teacher = _pair()
+    leaky = _LeakyFitNets(student, teacher)
+    assert gradient_flow(leaky, student, teacher, _x()).teacher
+    with pytest.raises(AssertionError, match="into the teacher"):
+        assert_gradient_isolated(leaky, student, teacher, _x())
 
 
 @pytest.mark.parametrize("case", ["fitnets_pair_finer_f", "spkd_batch", "spkd_time", "reviewkd"])
@@ -367,6 +382,55 @@ def test_reviewkd_deep_student_features_reach_shallow_terms_only_when_fusing():
 
     assert float(grad_of_deepest(True)) > 0
     assert float(grad_of_deepest(False)) == 0.0
+
+
+def _naive_spkd_frequency(fs: np.ndarray, ft: np.ndarray) -> float:
+    """Per utterance, items = frequency bins (flattened over C·T); averaged over the batch."""
+    return _naive_spkd_time(fs.transpose(0, 1, 3, 2), ft.transpose(0, 1, 3, 2))
+
+
+@pytest.mark.parametrize("case", ["spkd_batch", "spkd_time", "spkd_frequency"])
+def test_spkd_forward_matches_a_naive_rederivation(case):
+    naive = {"spkd_batch": _naive_spkd_batch, "spkd_time": _naive_spkd_time,
+             "spkd_frequency": _naive_spkd_frequency}[case]
+    method = fixture_method(case)
+    inputs = fixture_inputs(method)
+    expected = sum(naive(inputs.student_features[s].double().numpy(), inputs.teacher_features[t].double().numpy())
+                   for s, t in method.pairs)  # Σ over layers (Tung & Mori)
+    assert float(method(inputs)) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("case", ["fitnets", "fitnets_conv3x3_l1_two_layers"])
+def test_fitnets_matches_a_naive_rederivation(case):
+    """Mean over hinted layers of D(r(F_s), F_t), r = the method's conv (bias included) applied as a
+    sum over kernel offsets with zero padding, D = mean squared or absolute error."""
+    method = fixture_method(case)
+    inputs = fixture_inputs(method)
+    terms = []
+    for (s, t), conv in zip(method.pairs, method.adapters, strict=True):
+        fs, ft = inputs.student_features[s].double().numpy(), inputs.teacher_features[t].double().numpy()
+        assert fs.shape[2:] == ft.shape[2:] and fs.shape[1] != ft.shape[1]
+        hint = naive_conv2d(fs, conv.weight.detach().double().numpy(), conv.bias.detach().double().numpy())
+        d = hint - ft
+        terms.append(np.mean(d**2) if method.cfg.loss == "mse" else np.mean(np.abs(d)))
+    with torch.no_grad():
+        assert float(method(inputs)) == pytest.approx(float(np.mean(terms)), rel=1e-5)
+
+
+@pytest.mark.parametrize("case", ["reviewkd", "reviewkd_mid5_no_fuse_mse"])
+def test_reviewkd_matches_a_naive_rederivation(case):
+    """ABF and HCL re-derived in numpy from methods.md §5.4 (training-mode batch norm), with the
+    method's own ABF weights; mean over stages."""
+    method = fixture_method(case)
+    inputs = fixture_inputs(method)
+    fs = [inputs.student_features[s].double().numpy() for s, _ in method.pairs]
+    ft = [inputs.teacher_features[t].double().numpy() for _, t in method.pairs]
+    assert all(a.shape[2:] == b.shape[2:] for a, b in zip(fs, ft, strict=True))
+    assert len({a.shape[-1] for a in fs}) > 1  # stages of different F: the residual is resized
+    c = method.cfg
+    expected = naive_review(method.abfs, fs, ft, c.fuse, tuple(c.hcl_levels))
+    with torch.no_grad():
+        assert float(method(inputs)) == pytest.approx(expected, rel=1e-4)
 
 
 # --- extra params

@@ -194,9 +194,9 @@ def test_a_ray_task_fills_the_teacher_cache_before_the_trials_read_it(cluster, d
     finish_prefill(refs)
     # a trial now finds every epoch, with self_similarity's matrices, and never runs the teacher
     teacher, _ = load_model(path)
+    kd = build_kd_method("self_similarity", teacher, teacher, {})  # first: building may probe the taps (a forward)
     calls = []
     teacher.register_forward_hook(lambda *_: calls.append(1))
-    kd = build_kd_method("self_similarity", teacher, teacher, {})
     cache = TeacherCache(plan.teacher_cache_dir, cache_key(path, plan.cache_data_identity(), plan.cfg.data.seed),
                          plan.cache_taps("a"))
     data = plan.data_source().build(seed=plan.cfg.data.seed)

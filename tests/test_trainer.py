@@ -338,14 +338,14 @@ def test_kd_parameters_are_trained_and_the_student_gradient_clipped(monkeypatch)
     assert figures["params_pct"] == pytest.approx(100 * count_params(trainer.student) / count_params(teacher))
 
 
-def test_task_loss_for_uses_the_family_overrides():
+def test_task_loss_for_uses_the_family_default():
     est, ref = torch.randn(2, LENGTH), torch.randn(2, LENGTH)
     default = task_loss_for(build_model("dpcrn_lite", TINY))
     assert isinstance(default, CompressedSpectralLoss) and default.wav_weight == 10.0
     torch.testing.assert_close(default(est, ref), CompressedSpectralLoss()(est, ref))
 
     class NoWaveformTerm(torch.nn.Module):
-        task_loss_kwargs = {"wav_weight": 0.0, "compress": 0.5}
+        task_loss = {"name": "compressed_spectral", "kwargs": {"wav_weight": 0.0, "compress": 0.5}}
 
     custom = task_loss_for(NoWaveformTerm())
     assert custom.wav_weight == 0.0 and custom.compress == 0.5

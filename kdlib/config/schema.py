@@ -35,6 +35,27 @@ class ModelNode(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
+class TaskLossNode(_Strict):
+    """A registered task loss, ``{name, kwargs}`` (``kdlib/losses.py``; a bare name is taken too). Replaces
+    the model family's default (its ``task_loss``) whole. The plan checks the name and kwargs against the
+    registry and the family (:func:`kdlib.losses.check_task_loss`), since the losses live beside torch."""
+
+    name: str = Field(min_length=1)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_name(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+
+def _drop_unset_task_loss(out: Any) -> Any:
+    # no `task_loss` key when it is the family default: configs (and their hashes) read as before the key existed
+    if isinstance(out, dict) and out.get("task_loss", 0) is None:
+        del out["task_loss"]
+    return out
+
+
 class StudentSpec(_Strict):
     """A student family and its unscaled args; the size builder then scales it to each ratio."""
 
@@ -51,6 +72,12 @@ class TeacherConfig(_Strict):
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-3, gt=0)
     threads: int = Field(2, ge=1)
+    #: the teacher's task loss; None = its family's default (the model's ``task_loss``)
+    task_loss: TaskLossNode | None = None
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_unset_task_loss(handler(self))
 
 
 #: what ``training.device`` (and ``kdlib eval --device``) accept
@@ -84,7 +111,12 @@ class TrainingConfig(_Strict):
     num_workers: int | None = Field(None, ge=0, le=64)
     #: fp32, or bf16 autocast for forward passes and losses (for CUDA GPUs; STFTs stay float32)
     precision: Literal["fp32", "bf16"] = "fp32"
+    #: the students' task loss ``{name, kwargs}``; None = each student family's default (the model's ``task_loss``)
+    task_loss: TaskLossNode | None = None
 
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_unset_task_loss(handler(self))
 
     @field_validator("kd_weight", mode="before")
     @classmethod

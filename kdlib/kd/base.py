@@ -105,6 +105,13 @@ class KDMethod(nn.Module):
                           sort_keys=True, default=str)
         return f"{type(self).registry_name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"  # type: ignore[attr-defined]
 
+    def stats(self) -> dict[str, float]:
+        """Diagnostics of the loss aggregated since the last call, then reset (e.g. DFKD's crossover
+        distribution). The Trainer calls it at the start of every epoch (discarding what calibration left) and
+        at its end, and logs each value as the epoch metric ``kd_<name>``. Accumulate on the device and
+        detached, so a step adds no host-device sync. Default: none (``{}``)."""
+        return {}
+
     def extra_params(self) -> int:
         """Learnable parameters of the method itself (logged as ``kd_extra_params``)."""
         return sum(p.numel() for p in self.parameters())
@@ -132,6 +139,11 @@ def build_kd_method(name: str, student: SEModel, teacher: SEModel | None,
     """Instantiate a registered KD method for a student/teacher pair.
 
     Raises:
-        RegistryError: unknown method. ConfigError: bad kwargs or taps, naming the key.
+        RegistryError: unknown method. ConfigError: bad kwargs or taps, naming the key; or a method that
+            cannot carry information on the student's or teacher's family (:mod:`kdlib.kd.compat`).
     """
-    return KD_METHODS.build(name, kwargs, student, teacher)
+    from kdlib.kd.compat import check_compatible  # lazy: compat reads built methods, base builds them
+
+    method = KD_METHODS.build(name, kwargs, student, teacher)
+    check_compatible(name.lower(), method, student, teacher)
+    return method

@@ -126,7 +126,7 @@ class SignalMatchingConfig(KDConfig):
     n_fft: int = Field(512, ge=8)
     hop_length: int = Field(256, gt=0)
     window: Literal["hann", "sqrt_hann"] = "sqrt_hann"
-    noise_term: bool = False
+    noise_term: bool = True
 
 
 @register_kd_method("signal_matching")
@@ -134,17 +134,28 @@ class SignalMatching(KDMethod):
     """Output matching on the signal: the FT-JNF training loss with the teacher's output as target
     (arXiv 2507.19208 §4.2 method 2, reconstruction [R]; FT-JNF loss from sp-uhh/deep-non-linear-filter, §4.3 [V]).
 
-    L = α · mean|ŝ_s − ŝ_t| + mean| |STFT(ŝ_s)| − |STFT(ŝ_t)| |, on ``(B, L)`` waveforms.
-    With ``noise_term`` the FT-JNF noise-estimate terms are added too, with n̂ = noisy − ŝ:
-    α · mean|n̂_s − n̂_t| + mean| |STFT(n̂_s)| − |STFT(n̂_t)| | (the time term equals the first one,
-    so this doubles it; the magnitude term differs). Zero iff the outputs are equal.
+    On ``(B, L)`` waveforms, with the noise estimates n̂ = y − ŝ (y: the noisy input, its reference
+    mic 0 for a ``(B, M, L)`` array input):
+
+    L = α · mean|ŝ_s − ŝ_t| + mean| |STFT(ŝ_s)| − |STFT(ŝ_t)| |
+      + α · mean|n̂_s − n̂_t| + mean| |STFT(n̂_s)| − |STFT(n̂_t)| |
+
+    The noise terms are on by default because FT-JNF's loss has them: α·(L1_time(s) + L1_time(n)) +
+    L1_|STFT|(s) + L1_|STFT|(n), with its noise estimate Y_ref·(1 − M) = Y_ref − Ŝ
+    (sp-uhh/deep-non-linear-filter ``src/models/exp_jnf.py``, ``EnhancementExp.loss`` in
+    ``src/models/exp_enhancement.py``; methods.md §4.3 [V]); that the study kept them when the teacher
+    is the target is our reading of §4.2 [R]. With the teacher as target the noise time term equals the
+    speech one (n̂_s − n̂_t = ŝ_t − ŝ_s), so it doubles the waveform weight; the noise magnitude term
+    differs. ``noise_term=False`` gives the speech terms only (kdlib's default before it followed the
+    study). Zero iff the outputs are equal.
 
     Knobs: ``alpha`` (10, FT-JNF's ``loss_alpha``), ``n_fft`` (512), ``hop_length`` (256),
-    ``window`` (sqrt_hann as in FT-JNF's config | hann), ``noise_term`` (False).
+    ``window`` (sqrt_hann as in FT-JNF's config | hann), ``noise_term`` (True: FT-JNF's noise terms).
     """
 
     Config = SignalMatchingConfig
-    source = "arXiv 2507.19208 §4.2 method 2 (reconstruction [R], see methods.md)"
+    source = ("arXiv 2507.19208 §4.2 method 2 (reconstruction [R], see methods.md); loss terms of "
+              "sp-uhh/deep-non-linear-filter src/models/exp_jnf.py")
     needs_teacher = True
 
     def __init__(self, student, teacher, **kwargs) -> None:

@@ -10,31 +10,54 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _norm_act(channels: int, norm: str, prelu: bool) -> list[nn.Module]:
+    if norm == "batch":
+        layers: list[nn.Module] = [nn.BatchNorm2d(channels)]
+    elif norm == "instance":
+        layers = [nn.InstanceNorm2d(channels, affine=True)]
+    else:
+        raise ValueError(f"unknown ABF norm '{norm}' (batch, instance)")
+    return [*layers, nn.PReLU()] if prelu else layers
+
+
 class ABF(nn.Module):
     """Attention-based fusion of a student feature with the running (deeper) fused feature.
 
-    ``x`` ``(B, C_in, T, F)`` → 1×1 conv + BN to ``mid`` channels; if a residual ``y`` ``(B, mid,
+    ``x`` ``(B, C_in, T, F)`` → 1×1 conv + norm to ``mid`` channels; if a residual ``y`` ``(B, mid,
     T', F')`` is given it is resized (nearest) to ``x``'s T×F, a 1×1 conv + sigmoid on their
-    concatenation gives two maps a, b and the fusion is ``a·x + b·y``; a 3×3 conv + BN maps the
+    concatenation gives two maps a, b and the fusion is ``a·x + b·y``; a 3×3 conv + norm maps the
     fused feature to ``out`` channels, the tensor compared with the teacher.
+
+    ``norm="batch"``, ``prelu=False`` (default): ReviewKD's block (BatchNorm, no activation).
+    ``norm="instance"``, ``prelu=True``: the I2S-TFCKD authors' ``ABF_res`` (both convs followed by an
+    affine InstanceNorm and a one-slope PReLU; GitHub ``JMCheng-SEU/I2RF-TFCKD-SE``,
+    ``I2S_TFCKD_demo.py``, commit 0949953525576453e8902342cf37ce80ff4a8276).
 
     Returns:
         ``(output (B, out, T, F), fused (B, mid, T, F))`` — ``fused`` is passed to the next
         (shallower) stage as its residual.
+
+    Raises:
+        ValueError: unknown ``norm``.
     """
 
-    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, fuse: bool = True) -> None:
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, fuse: bool = True,
+                 norm: str = "batch", prelu: bool = False) -> None:
         super().__init__()
-        self.conv1 = nn.Sequential(nn.Conv2d(in_channels, mid_channels, 1, bias=False), nn.BatchNorm2d(mid_channels))
+        self.conv1 = nn.Sequential(nn.Conv2d(in_channels, mid_channels, 1, bias=False),
+                                   *_norm_act(mid_channels, norm, prelu))
         self.att = nn.Sequential(nn.Conv2d(2 * mid_channels, 2, 1), nn.Sigmoid()) if fuse else None
         self.conv2 = nn.Sequential(nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False),
-                                   nn.BatchNorm2d(out_channels))
+                                   *_norm_act(out_channels, norm, prelu))
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.conv1(x)
         if self.att is not None and residual is not None:
             residual = F.interpolate(residual, size=x.shape[-2:], mode="nearest")
-            maps = self.att(torch.cat([x, residual], dim=1))
+            # the 1×1 conv of the concatenation [x, residual], as two convs on the halves of its weight:
+            # the same maps without the (B, 2·mid, T, F) concatenated copy (half the time on CPU)
+            conv, m = self.att[0], x.shape[1]
+            maps = torch.sigmoid(F.conv2d(x, conv.weight[:, :m]) + F.conv2d(residual, conv.weight[:, m:], conv.bias))
             x = x * maps[:, :1] + residual * maps[:, 1:2]
         return self.conv2(x), x
 

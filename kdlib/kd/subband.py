@@ -23,9 +23,11 @@ class SubbandKDConfig(KDConfig):
 class SubbandKD(KDMethod):
     """Each band's mask of the shared student is pulled towards the mask of that band's elite teacher.
 
-    L = mean_k D(M_s^k, M_t^k) over the K bands, D = MSE (or L1) on the ``(B, 1, T, F)`` magnitude
-    masks; the bands have equal width, so this is D over all bins. With ``hidden_weight`` > 0 the
-    band LSTM outputs ``(B, H, T, K)`` are matched too (needs equal H). The paper's λ is the trial's
+    L = D(M_s, M_t), D = MSE (or L1) over every element of the ``(B, 1, T, F)`` magnitude masks, i.e.
+    Σ_k (W_k / F) · D(M_s^k, M_t^k): the per-band distances of the paper's per-band loss weighted by
+    band width W_k (all W = ceil(F / K) wide but the last, F − (K − 1)·W; 65, 65, 65, 62 bins for
+    F = 257, K = 4), so every bin counts once. With ``hidden_weight`` > 0, ``hidden_weight`` · D of the
+    band LSTM outputs ``(B, H, T, K)`` is added (needs equal H). The paper's λ is the trial's
     ``kd_weight``. Needs ``subband`` models with the same ``n_bands`` on both sides.
 
     Raises:

@@ -6,6 +6,7 @@ Importing this package registers every built-in model family.
 from kdlib.models import convtasnet as _convtasnet  # noqa: F401  (registers "convtasnet")
 from kdlib.models import dccrn as _dccrn  # noqa: F401  (registers "dccrn")
 from kdlib.models import dpcrn_lite as _dpcrn_lite  # noqa: F401  (registers "dpcrn_lite")
+from kdlib.models import dpdcrn as _dpdcrn  # noqa: F401  (registers "dpdcrn")
 from kdlib.models import dptnet as _dptnet  # noqa: F401  (registers "dptnet")
 from kdlib.models import ftjnf as _ftjnf  # noqa: F401  (registers "ftjnf")
 from kdlib.models import subband as _subband  # noqa: F401  (registers "subband")

@@ -26,6 +26,14 @@ class SEModel(nn.Module):
 
     #: knobs the size builder scales (documented by ``kdlib models``)
     size_knobs: ClassVar[dict[str, str]] = {}
+    #: the family's default task loss ``{name, kwargs}`` (a :data:`kdlib.losses.TASK_LOSSES` name); a sweep's
+    #: ``training.task_loss`` / ``teacher.task_loss`` overrides it (:func:`kdlib.losses.task_loss_for`)
+    task_loss: ClassVar[dict[str, Any]] = {"name": "compressed_spectral", "kwargs": {}}
+    #: the F axis of the ``(B, C, T, F)`` feature taps indexes frequency (STFT bins, possibly strided, or
+    #: sub-bands); False for time-domain models, whose taps are ``(B, C, T, 1)`` or whose F axis indexes
+    #: something else (DPTNet's chunks). KD methods that compare features across F are refused on False
+    #: (:mod:`kdlib.kd.compat`)
+    frequency_axis: ClassVar[bool] = True
 
     def _save_args(self, args: dict[str, Any]) -> None:
         self._model_args = {k: copy.deepcopy(v) for k, v in args.items() if k not in ("self", "__class__")}

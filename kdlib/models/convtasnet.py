@@ -27,8 +27,7 @@ samples lie in as many frames as the interior ones (L / stride each when stride 
 decoder output is cropped back, so T = ⌊(L_in + L − stride − 1) / stride⌋ + 1 frames (2001 for
 one second at 16 kHz with L = 16, stride 8).
 
-Native loss in the paper: negative SI-SNR; kdlib's trainer applies its default task loss (no
-``task_loss_kwargs`` override).
+Native loss in the paper: negative SI-SNR, this family's default task loss (``si_snr``).
 
 Shapes: input ``(B, L_in)`` noisy waveform in samples at ``sample_rate`` Hz → output ``(B, L_in)``.
 Time-domain model, so every feature tap is ``(B, C, T, 1)`` (T encoder frames, a singleton
@@ -45,9 +44,10 @@ frequency axis):
 No ``mask`` set: the mask lives on the model's own learned basis (N filters), which the size
 builder scales and which is not aligned between independently trained teacher and student, so
 ``mask_matching`` refuses this family (ConfigError: no ``mask`` tap). The singleton frequency
-axis makes ``ss_wideband`` degenerate here (each frame's 1×1 frequency self-similarity is 1, for
-student and teacher alike: zero loss, no gradient) and the frequency stream of the self-similarity
-methods constant; their time streams and every other tap-based method work as usual.
+axis (``frequency_axis = False``) would make ``ss_wideband`` and the frequency streams of the
+self-similarity methods constant (each frame's 1×1 frequency self-similarity is 1, for student and
+teacher alike), so :mod:`kdlib.kd.compat` refuses them; their time streams and every other tap-based
+method work as usual.
 """
 
 from __future__ import annotations
@@ -214,6 +214,9 @@ class ConvTasNet(SEModel):
         "n_blocks": "blocks per repeat X (reduced after widths)",
         "n_repeats": "repeats R (reduced after X)",
     }
+    #: the paper's objective (negative SI-SNR); taps are (B, C, T, 1): no frequency axis
+    task_loss: ClassVar[dict[str, Any]] = {"name": "si_snr", "kwargs": {}}
+    frequency_axis: ClassVar[bool] = False
 
     def __init__(
         self,

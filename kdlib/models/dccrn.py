@@ -36,9 +36,8 @@ implementation of the architecture the paper and the official code describe:
    imaginary parts scaled separately ``Ŝ = (M_r·Y_r, M_i·Y_i)``. iSTFT to the input length. [R] The
    official output clamp to [-1, 1] is left out (it zeroes gradients of loud samples).
 
-Native loss in the paper: negative SI-SNR. kdlib's trainer uses its default compressed spectral
-loss + waveform L1 for this family (no ``task_loss_kwargs`` override): both are scale-aware, and the
-spectral term matches the other TF-domain families.
+Native loss in the paper: negative SI-SNR, this family's default task loss (``si_snr``; a sweep's
+``training.task_loss`` may pick the scale-aware ``compressed_spectral`` of the other TF-domain families).
 
 Shapes: input ``(B, L)`` noisy waveform in samples at ``sample_rate`` Hz → output ``(B, L)``.
 Feature taps (all ``(B, C, T, F)``):
@@ -259,6 +258,8 @@ class DCCRN(SEModel):
         "n_layers": "encoder/decoder layers, via len(channels) (removed after widths, deepest first)",
         "rnn_layers": "LSTM layers (reduced last)",
     }
+    #: the paper's objective (negative SI-SNR)
+    task_loss: ClassVar[dict[str, Any]] = {"name": "si_snr", "kwargs": {}}
 
     def __init__(
         self,

@@ -90,7 +90,7 @@ class _DeconvBlock(nn.Module):
 
 @register_model("dpcrn_lite")
 class DPCRNLite(SEModel):
-    """Dual-path dilated convolutional recurrent network (reconstruction, see methods.md §1.3).
+    """kdlib's small DPCRN-family network, not the paper's DPDCRN (``dpdcrn``): kdlib's own design (methods.md §1.3).
 
     Args:
         n_fft: STFT size in samples (F = n_fft/2 + 1 bins); must give an odd F so stride-2 convs invert.

@@ -42,7 +42,9 @@ Shapes: input ``(B, L_in)`` in samples at ``sample_rate`` Hz → output ``(B, L_
 - ``decoder``: ``tap_overlap_add`` (the overlap-added mask features after PReLU + 1×1 conv) and
   ``tap_gated`` (the gated, pre-activation mask), both ``(B, N, T, 1)``.
 
-Native loss in the paper: negative SI-SNR; kdlib's trainer applies its default task loss.
+Native loss in the paper: negative SI-SNR, this family's default task loss (``si_snr``). The taps'
+F axis is 1 or the chunk index, never frequency (``frequency_axis = False``): :mod:`kdlib.kd.compat`
+refuses the methods that compare features across frequency.
 
 No ``mask`` set, for the reason given in :mod:`kdlib.models.convtasnet` (the mask lives on the
 model's own learned basis, whose size N the size builder scales), so ``mask_matching`` refuses this
@@ -156,6 +158,9 @@ class DPTNet(SEModel):
         "ff_hid": "feed-forward LSTM units (scaled first, with n_filters)",
         "n_repeats": "dual-path blocks (reduced after widths)",
     }
+    #: the paper's objective (negative SI-SNR); the taps' F axis is 1 or the chunk index: not frequency
+    task_loss: ClassVar[dict[str, Any]] = {"name": "si_snr", "kwargs": {}}
+    frequency_axis: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -108,6 +108,8 @@ class FTJNF(SEModel):
         "n_lstm_hidden1": "LSTM-1 width (scaled together with n_lstm_hidden2)",
         "n_lstm_hidden2": "LSTM-2 width (scaled together with n_lstm_hidden1); no depth knob",
     }
+    #: the official training loss (time + magnitude L1 of speech and noise, sp-uhh/deep-non-linear-filter)
+    task_loss: ClassVar[dict[str, Any]] = {"name": "ftjnf", "kwargs": {}}
 
     def __init__(
         self,

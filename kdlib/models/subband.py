@@ -7,8 +7,10 @@ network: Linear → LSTM over time → Linear → sigmoid.
 
 - ``shared=False``: one network per band — the K "elite" sub-band teachers, held in one model so
   ``kdlib train-teacher`` trains all K at once. Each band's mask only touches its own bins and the
-  default task loss has no waveform term for this family, so every band network is trained on its
-  band only.
+  family's task loss, ``band_spectral`` (:class:`kdlib.losses.BandSpectralLoss`), is computed on the
+  model's own enhanced STFT bins (``tap_spectrum``, before the iSTFT), so every band network is trained
+  on its band only: a band's loss sends exactly no gradient into another band's network. (A loss on
+  the STFT of the output waveform would not: the iSTFT's overlap-add mixes neighbouring bins.)
 - ``shared=True``: one network for all bands, with the band index appended as a one-hot input —
   the general sub-band student. ``n_bands=1, shared=True`` is the full-band baseline.
 """
@@ -58,7 +60,8 @@ class SubbandNet(SEModel):
 
     Shapes: ``(B, L)`` → ``(B, L)``. Feature taps ``(B, C, T, K)`` with the band axis as the
     frequency axis: ``encoder`` (input embedding, C = hidden), ``middle`` (LSTM output),
-    ``decoder`` (mask logits, C = W); ``mask`` is the ``(B, 1, T, F)`` magnitude mask.
+    ``decoder`` (mask logits, C = W); ``mask`` is the ``(B, 1, T, F)`` magnitude mask. ``tap_spectrum``
+    (not a feature set) gives the enhanced spectrum ``(B, F, T)`` the task loss reads.
 
     Raises:
         ConfigError: non-positive sizes or more bands than frequency bins.
@@ -66,8 +69,10 @@ class SubbandNet(SEModel):
 
     size_knobs: ClassVar[dict[str, str]] = {"hidden": "band network width (scaled first)",
                                             "n_layers": "LSTM layers (reduced after width)"}
-    #: band-decomposable task loss: a waveform term would couple the bands through the iSTFT
-    task_loss_kwargs: ClassVar[dict[str, float]] = {"wav_weight": 0.0}
+    #: band-decomposable task loss on the model's own STFT bins: no iSTFT → STFT path couples the bands
+    task_loss: ClassVar[dict[str, Any]] = {"name": "band_spectral", "kwargs": {}}
+    #: module whose output is the enhanced spectrum ``(B, F, T)`` before the iSTFT (read by ``band_spectral``)
+    spectrum_tap: ClassVar[str] = "tap_spectrum"
 
     def __init__(self, n_fft: int = 512, hop_length: int = 256, n_bands: int = 4, context_bins: int = 2,
                  hidden: int = 64, n_layers: int = 1, shared: bool = True, bidirectional: bool = False,
@@ -87,10 +92,17 @@ class SubbandNet(SEModel):
         self.bands = nn.ModuleList(_BandNet(in_dim, hidden, n_layers, self.width, bidirectional) for _ in range(n_nets))
         # identity taps give hooks (B, C, T, K) views of the per-band tensors
         self.tap_encoder, self.tap_middle, self.tap_decoder, self.mask = (nn.Identity() for _ in range(4))
+        self.tap_spectrum = nn.Identity()
 
     @property
     def feature_sets(self) -> dict[str, list[str]]:
         return {"encoder": ["tap_encoder"], "middle": ["tap_middle"], "decoder": ["tap_decoder"], "mask": ["mask"]}
+
+    def band_slices(self) -> list[slice]:
+        """The STFT bins each band's network predicts, band 0 first (the last bands may be narrower, or empty
+        when K·W overshoots F)."""
+        return [slice(min(k * self.width, self.n_freqs), min((k + 1) * self.width, self.n_freqs))
+                for k in range(self.n_bands)]
 
     def _band_inputs(self, logmag: torch.Tensor) -> torch.Tensor:
         """``(B, T, F)`` log-magnitude → ``(B, K, T, W + 2·context)`` band inputs."""
@@ -118,7 +130,7 @@ class SubbandNet(SEModel):
         logits = self.tap_decoder(logits.permute(0, 3, 2, 1)).permute(0, 3, 2, 1)  # back to (B, K, T, W)
         mask = torch.sigmoid(logits).permute(0, 2, 1, 3).reshape(b, t, k * self.width)[..., : self.n_freqs]
         mask = self.mask(mask.unsqueeze(1))  # (B, 1, T, F)
-        return self.stft.inverse(spec * mask[:, 0].transpose(1, 2), length)
+        return self.stft.inverse(self.tap_spectrum(spec * mask[:, 0].transpose(1, 2)), length)
 
     @classmethod
     def size_candidates(cls, args: dict[str, Any]) -> Iterator[tuple[dict[str, Any], int]]:

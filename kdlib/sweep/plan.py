@@ -56,11 +56,20 @@ def config_hash(cfg: SweepConfig) -> str:
 def teacher_hash(cfg: SweepConfig, name: str | None = None) -> str:
     """Hash of what determines a teacher (its section and the data section, not the data root or the
     pre-flight scan depth), so a changed teacher or data config trains a new one and sweeps that share
-    both share the file."""
-    blob = json.dumps(
-        {"teacher": cfg.teacher_cfg(name).model_dump(mode="json", exclude={"checkpoint", "threads"}),
-         "data": cfg.data.model_dump(mode="json", exclude={"root", "scan"})}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+    both share the file. The task loss the teacher trains with enters too when its family's default is not
+    ``compressed_spectral`` (what every teacher trained with before task losses were named), so a changed
+    family default never reuses a teacher trained with another loss."""
+    from kdlib.losses import check_task_loss
+    from kdlib.models import MODELS
+
+    teacher = cfg.teacher_cfg(name)
+    identity = {"teacher": teacher.model_dump(mode="json", exclude={"checkpoint", "threads"}),
+                "data": cfg.data.model_dump(mode="json", exclude={"root", "scan"})}
+    if teacher.task_loss is None and teacher.model.name in MODELS:
+        loss = check_task_loss(MODELS.get(teacher.model.name), None)
+        if (loss.name, loss.kwargs) != ("compressed_spectral", {}):
+            identity["task_loss"] = {"name": loss.name, "kwargs": loss.kwargs}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def _teacher_key(name: str | None) -> str:
@@ -285,12 +294,14 @@ def check_sweep(cfg: SweepConfig) -> None:
     """Every check that needs the registries, a model or the data source's own rules, cheapest first.
 
     Raises:
-        ConfigError: one line naming the key (unknown model or method, kwargs a model or method does
-            not take, a searched ``kd.<knob>`` value the method refuses, a tap that does not exist, a
-            teacher whose channel count differs from the data's, an impossible array room).
+        ConfigError: one line naming the key (unknown model, method or task loss, kwargs a model, method or
+            task loss does not take, a task loss that cannot train its family, a searched ``kd.<knob>`` value
+            the method refuses, a tap that does not exist, a teacher whose channel count differs from the
+            data's, an impossible array room).
     """
     try:
         _check_registered(cfg)
+        _check_task_losses(cfg)
         _check_search_values(cfg)
         _check_batches(cfg)
         _check_data(cfg)
@@ -349,6 +360,21 @@ def _check_registered(cfg: SweepConfig) -> None:
                 validate_kd_kwargs(m, {**cfg.methods.get(m, {}), **overrides})
             except KdlibError as exc:
                 raise ConfigError(f"search.variants.{variant}: {exc}") from None
+
+
+def _check_task_losses(cfg: SweepConfig) -> None:
+    """Each teacher's task loss (``teacher.task_loss``, else its family's default) and the students' one
+    (``training.task_loss``, else each student family's default) is registered, takes its kwargs and can train
+    the family (e.g. ``band_spectral`` needs a model with bands)."""
+    from kdlib.losses import check_task_loss
+    from kdlib.models import MODELS
+
+    for name in cfg.teacher_names():
+        teacher = cfg.teacher_cfg(name)
+        check_task_loss(MODELS.get(teacher.model.name), teacher.task_loss, f"{_teacher_key(name)}.task_loss")
+        for student in cfg.search.student or [None]:
+            family, _ = cfg.student_base(student, teacher.model.kwargs, name)
+            check_task_loss(MODELS.get(family), cfg.training.task_loss, "training.task_loss")
 
 
 def _knob_values(cfg: SweepConfig, key: str) -> tuple[str, list[Any]]:

@@ -79,8 +79,10 @@ def _build_trainer(plan: SweepPlan, teacher_plan: TeacherPlan, data: SweepData, 
     settings = TrainSettings(epochs=teacher.epochs, batch_size=teacher.batch_size, lr=teacher.lr,
                              grad_clip=plan.cfg.training.grad_clip, selection_metric=contract.SELECTION_METRIC,
                              kd_weight=0.0, pesq_mode=plan.cfg.data.test.pesq_mode, label="teacher")
+    # the teacher family's default task loss, or the teacher's task_loss
+    task_loss = task_loss_for(model, teacher.task_loss, f"{teacher_plan.where}.task_loss")
     return _EpochStateTrainer(model, None, build_kd_method("none", model, None).to(device),
-                              task_loss_for(model).to(device), data, settings, device, log)
+                              task_loss.to(device), data, settings, device, log)
 
 
 def _read_partial(path: Path, teacher_plan: TeacherPlan, log: Log) -> dict[str, Any] | None:
@@ -117,11 +119,11 @@ def train_teacher(plan: SweepPlan, path: str | Path | None = None, data: SweepDa
     """Train one teacher of the sweep and save it to ``path`` (default: its planned checkpoint path).
 
     ``name`` picks one of the sweep's ``teachers:`` (None: the single ``teacher:``). The checkpoint's
-    ``meta`` holds the teacher's params, MACs per second of audio, validation SI-SDR (dB), test
-    PESQ/STOI/ESTOI/SI-SDR and the noisy input's scores on every test set (means, and per utterance
-    under ``score_files``: file name → rows), the per-epoch history, ``train_seconds`` (s, over every
-    attempt) and ``trained_at`` (``[start, end]``, Unix seconds), so the sweep logs the teacher and
-    noisy reference points without evaluating again.
+    ``meta`` holds the teacher's task loss (``task_loss``: its label, e.g. ``si_snr``), params, MACs per
+    second of audio, validation SI-SDR (dB), test PESQ/STOI/ESTOI/SI-SDR and the noisy input's scores on
+    every test set (means, and per utterance under ``score_files``: file name → rows), the per-epoch
+    history, ``train_seconds`` (s, over every attempt) and ``trained_at`` (``[start, end]``, Unix seconds),
+    so the sweep logs the teacher and noisy reference points without evaluating again.
 
     After every epoch the training state (weights, optimiser, best-validation weights, history, torch's
     RNG) is written atomically to :func:`partial_path` of ``path``. A call that finds a valid one there
@@ -146,8 +148,10 @@ def train_teacher(plan: SweepPlan, path: str | Path | None = None, data: SweepDa
     data = data or plan.data_source().build(seed=plan.cfg.data.seed)
     trainer = _build_trainer(plan, teacher_plan, data, device, log)
     figures = trainer.complexity()
+    task_loss = trainer.task_loss.spec.label()
     log(f"[teacher] {teacher.model.name}: {int(figures['params']):,} params, "
-        f"{figures['macs'] / 1e6:.1f} MMAC/s, {len(data.train_speakers)} training speakers, device {device}")
+        f"{figures['macs'] / 1e6:.1f} MMAC/s, {len(data.train_speakers)} training speakers, device {device}, "
+        f"task loss {task_loss}")
     start, seconds_before = time.perf_counter(), 0.0
     history: list[dict[str, float]] = []
     saved = _read_partial(partial, teacher_plan, log)
@@ -183,7 +187,7 @@ def train_teacher(plan: SweepPlan, path: str | Path | None = None, data: SweepDa
     mode = scores.pesq_modes[None]
     meta = {
         "role": contract.ROLE_TEACHER, "teacher_hash": teacher_plan.hash, "sweep": plan.name, "pesq_mode": mode,
-        "teacher_name": teacher_plan.key, "model": teacher.model.name,
+        "teacher_name": teacher_plan.key, "model": teacher.model.name, "task_loss": task_loss,
         "sample_rate": plan.cfg.data.sample_rate, "epochs": teacher.epochs,
         "train_seconds": seconds_before + time.perf_counter() - start,
         "audio_seconds_per_second": sum(h["audio_seconds_per_second"] for h in history) / len(history),

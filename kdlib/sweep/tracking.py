@@ -280,6 +280,7 @@ def log_teacher_run(client, plan: SweepPlan, exp_id: str, parent_id: str, meta: 
         "method": TEACHER_METHOD, "student_ratio": 1.0, "model": cfg.teacher_cfg(name).model.name,
         **({"teacher": name} if name else {}),
         "sample_rate": meta.get("sample_rate"), "pesq_mode": meta.get("pesq_mode"),
+        **({"task_loss": meta["task_loss"]} if meta.get("task_loss") else {}),  # teachers trained before: none
         "config_hash": plan.config_hash, "teacher_hash": meta.get("teacher_hash"), "epochs": meta.get("epochs"),
     }, metrics=metrics)
     for i, h in enumerate(meta.get("history", [])):
@@ -343,11 +344,19 @@ def log_student(client, run_id: str, trial) -> str | None:
         return None
 
 
+def _task_loss(plan: SweepPlan, spec) -> str:
+    """The label of the task loss a trial's student trains with (``training.task_loss``, else its family's)."""
+    from kdlib.losses import check_task_loss
+    from kdlib.models import MODELS
+
+    return check_task_loss(MODELS.get(plan.student_family(spec)), plan.cfg.training.task_loss).label()
+
+
 class MLflowTrialLogger(LoggerCallback):
     """Ray Tune callback: a nested MLflow child run per trial under ``parent_run_id``.
 
     Params: method, student_ratio, seed (initialisation and batch order), data_seed (the training
-    mixtures, shared by every trial), lr, kd_weight, every ``kd.<knob>``, model, sample_rate, pesq_mode,
+    mixtures, shared by every trial), lr, kd_weight, every ``kd.<knob>``, model, task_loss, sample_rate, pesq_mode,
     config_hash, git_commit. Metrics: every numeric result per epoch (step = epoch),
     so ``params`` and ``macs`` are plottable in the MLflow UI. Status FAILED for an errored trial.
     A trial seen again (restart, resume) reuses its run, found by the ``kdlib.trial_id`` tag.
@@ -405,7 +414,8 @@ class MLflowTrialLogger(LoggerCallback):
                 **({"student": spec.student} if spec.student else {}),
                 **({"teacher": spec.teacher} if spec.teacher else {}),
                 "data_seed": self.plan.cfg.data.seed,
-                "model": self.plan.student_family(spec), "sample_rate": self.plan.cfg.data.sample_rate,
+                "model": self.plan.student_family(spec), "task_loss": _task_loss(self.plan, spec),
+                "sample_rate": self.plan.cfg.data.sample_rate,
                 "pesq_mode": self.pesq_mode, "config_hash": self.plan.config_hash, "git_commit": self.commit,
             })
         else:

@@ -44,6 +44,8 @@ def kd_trial(config: dict[str, Any], plan: SweepPlan, teacher_paths: dict[str, s
     validation set: what the report selects on) and ``test_pesq``, ``test_stoi``, ``test_estoi``,
     ``test_si_sdr`` (+ ``*_missing`` counts) on the primary test set, and ``test_<name>_*`` on every named one
     (per-utterance rows in ``test_scores.csv`` / ``test_scores_<name>.csv`` in the final checkpoint).
+    The student trains with ``training.task_loss``, else its family's default; the final checkpoint's ``meta``
+    names it (``task_loss``: :meth:`kdlib.losses.TaskLossSpec.label`).
     """
     from ray import tune
 
@@ -84,8 +86,10 @@ def kd_trial(config: dict[str, Any], plan: SweepPlan, teacher_paths: dict[str, s
     if cfg.teacher_cache.enabled and kd.needs_teacher:
         key = cache_key(teacher_path, plan.cache_data_identity(), cfg.data.seed)
         cache = TeacherCache(plan.teacher_cache_dir, key, plan.cache_taps(spec.teacher))
-    trainer = Trainer(student, teacher, kd, task_loss_for(student).to(device), data, settings, device,
-                      teacher_cache=cache)
+    # the student family's default task loss, or the sweep's training.task_loss
+    task_loss = task_loss_for(student, cfg.training.task_loss, "training.task_loss")
+    print(f"[{spec.label()}] task loss {task_loss.spec.label()}")
+    trainer = Trainer(student, teacher, kd, task_loss.to(device), data, settings, device, teacher_cache=cache)
     figures = {**trainer.complexity(count_params(teacher)), "achieved_ratio": sized.achieved_ratio}
     if auto:
         # on the freshly initialised student, before any checkpoint is loaded: a resumed trial gets the same λ
@@ -131,7 +135,7 @@ def kd_trial(config: dict[str, Any], plan: SweepPlan, teacher_paths: dict[str, s
                 # sweep's storage; the driver's MLflow logger logs it as the run's artifact from there
                 save_checkpoint(trainer.best_model(), Path(d) / contract.STUDENT_FILE, {
                     "method": spec.method, "student_ratio": spec.student_ratio, "seed": spec.seed,
-                    "teacher": os.path.basename(teacher_path),
+                    "teacher": os.path.basename(teacher_path), "task_loss": task_loss.spec.label(),
                     **{k: float(v) for k, v in metrics.items() if k != "epoch" and isinstance(v, int | float)},
                     # the saved weights are the best epoch's: so is the validation score beside them
                     contract.SELECTION_METRIC: trainer.best_val,
@@ -141,7 +145,7 @@ def kd_trial(config: dict[str, Any], plan: SweepPlan, teacher_paths: dict[str, s
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
     # a finished trial gives its GPU memory back at once (its actor process exits right after, and
     # nothing module-level holds a trial's tensors)
-    del trainer, teacher, data, sized, student, kd
+    del trainer, teacher, data, sized, student, kd, task_loss
     release_memory()
 
 

@@ -264,10 +264,12 @@ class Trainer:
 
         Returns:
             ``train_loss``, ``task_loss``, ``kd_loss`` (means over the batches), ``epoch_seconds`` (s)
-            and ``audio_seconds_per_second`` (seconds of training audio per wall-clock second).
+            and ``audio_seconds_per_second`` (seconds of training audio per wall-clock second), plus
+            ``kd_<name>`` for each of the KD method's :meth:`~kdlib.kd.KDMethod.stats` over this epoch.
 
         Raises:
             FloatingPointError: the loss became NaN/inf (names the epoch and batch).
+            ValueError: a stats key of the KD method clashes with a metric above.
         """
         label = self.settings.label
         self._cached_epoch(self.epoch)
@@ -276,6 +278,7 @@ class Trainer:
         task_weight, kd_weight = self.loss_weights()
         self.student.train()
         self.kd.train()
+        self.kd.stats()  # drop what calibration or an earlier caller accumulated: this epoch's only
         totals = {"train_loss": 0.0, "task_loss": 0.0, "kd_loss": 0.0}
         start = time.perf_counter()
         n_batches = len(self.loader)
@@ -308,6 +311,10 @@ class Trainer:
         audio_seconds = n_batches * self.batch_size * (segment_samples / self.sample_rate)
         out = {k: v / n_batches for k, v in totals.items()}
         out.update(epoch_seconds=seconds, audio_seconds_per_second=audio_seconds / seconds)
+        for name, value in self.kd.stats().items():
+            if f"kd_{name}" in out:
+                raise ValueError(f"KD method stats key '{name}' clashes with the epoch metric 'kd_{name}'")
+            out[f"kd_{name}"] = float(value)
         return out
 
     def _cached_epoch(self, epoch: int) -> None:
