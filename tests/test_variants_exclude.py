@@ -54,3 +54,14 @@ def test_each_variant_is_compared_with_the_none_student_of_its_ratio():
     table = significance_table(pd.DataFrame(rows), scores, extras=["param.variant"], metrics=("pesq",), n_boot=200)
     got = {r["knobs"]: r["delta"] for _, r in table.iterrows()}
     assert got == pytest.approx({"variant=frame": 0.3 + 0.0055, "variant=utterance": 0.1 + 0.0055})
+
+
+def test_a_batch_of_one_is_refused_at_load_for_the_batch_stream(tmp_path):
+    """i2rf_tfckd's default frequency stream compares the items of a batch: batch size 1 fails at load,
+    naming the key, not at the first step of every trial; the F×F stream takes it."""
+    data = _with("search.method", ["none", "i2rf_tfckd"])
+    data["training"]["batch_size"] = 1
+    with pytest.raises(ConfigError, match=r"training\.batch_size: 1 .*i2rf_tfckd.*>= 2"):
+        load_plan(_write(tmp_path, data))
+    data["methods"] = {"i2rf_tfckd": {"frequency_stream": "bins", "weights": "softmax"}}
+    assert load_plan(_write(tmp_path, data)).cfg.training.batch_size == 1

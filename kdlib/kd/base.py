@@ -105,6 +105,12 @@ class KDMethod(nn.Module):
                           sort_keys=True, default=str)
         return f"{type(self).registry_name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"  # type: ignore[attr-defined]
 
+    @classmethod
+    def min_batch_size(cls, cfg: KDConfig) -> int:
+        """Smallest training batch the loss can use with knobs ``cfg`` (checked when the sweep loads; e.g. a
+        loss that compares the items of a batch needs 2). Default 1."""
+        return 1
+
     def stats(self) -> dict[str, float]:
         """Diagnostics of the loss aggregated since the last call, then reset (e.g. DFKD's crossover
         distribution). The Trainer calls it at the start of every epoch (discarding what calibration left) and

@@ -409,7 +409,8 @@ def _check_search_values(cfg: SweepConfig) -> None:
 
 
 def _check_batches(cfg: SweepConfig) -> None:
-    """Every batch size (students and teachers) fits in one epoch's segments."""
+    """Every batch size (students and teachers) fits in one epoch's segments, and the students' is at least
+    what each searched KD method needs (:meth:`KDMethod.min_batch_size`)."""
     segments = cfg.data.train.segments_per_epoch
     for where, batch in [("training.batch_size", cfg.training.batch_size),
                          *((f"{_teacher_key(n)}.batch_size",
@@ -417,6 +418,17 @@ def _check_batches(cfg: SweepConfig) -> None:
         if batch > segments:
             raise ConfigError(f"{where}: {batch} is more than data.train.segments_per_epoch ({segments}): "
                               "an epoch would have no full batch")
+    # a KD loss that compares the items of a batch (i2rf_tfckd's batch stream) needs more than one
+    from kdlib.kd import KD_METHODS, validate_kd_kwargs
+
+    crossed = {(c["method"], c.get("variant")) for c in cfg.search.cells()}
+    for method, variant in sorted(crossed, key=str):
+        kwargs = {**cfg.methods.get(method, {}), **(cfg.search.variants.get(variant, {}) if variant else {})}
+        need = KD_METHODS.get(method).min_batch_size(validate_kd_kwargs(method, kwargs))
+        if cfg.training.batch_size < need:
+            raise ConfigError(f"training.batch_size: {cfg.training.batch_size} is too small for KD method "
+                              f"'{method}'" + (f" (variant '{variant}')" if variant else "") +
+                              f", which compares the items of a batch: it needs >= {need}")
 
 
 def _check_data(cfg: SweepConfig) -> None:
