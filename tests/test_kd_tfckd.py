@@ -597,23 +597,7 @@ def test_authors_one_training_step_updates_student_and_method(kwargs):
     student, teacher = _pair()
     teacher.requires_grad_(False)
     method = _build(student, teacher, **kwargs).train()
-    student.train()
-    s_taps, t_taps = FeatureTaps(student, method.student_taps()), FeatureTaps(teacher, method.teacher_taps())
-    opt = torch.optim.Adam([*student.parameters(), *method.parameters()], lr=1e-2)
-    before_s = [p.detach().clone() for p in student.parameters()]
-    before_m = {n: p.detach().clone() for n, p in method.named_parameters()}
-    before_t = [p.detach().clone() for p in teacher.parameters()]
-    noisy, clean = torch.randn(3, 1600), torch.randn(3, 1600)
-    with torch.no_grad():
-        t_out = teacher(noisy)
-    s_out = student(noisy)
-    kd = method(KDInputs(noisy, clean, s_out, t_out, dict(s_taps.features), dict(t_taps.features)))
-    loss = torch.nn.functional.l1_loss(s_out, clean) + kd
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    s_taps.remove()
-    t_taps.remove()
+    loss, before_s, before_m, before_t = _one_step(student, teacher, method, batch=3)
     assert torch.isfinite(loss)
     assert any(not torch.equal(a, b) for a, b in zip(before_s, student.parameters(), strict=True))
     unmoved = [n for n, p in method.named_parameters() if p.ndim > 1 and torch.equal(before_m[n], p)]
@@ -953,19 +937,16 @@ def test_ablation_switches_change_the_value_and_the_terms_add_up():
 
 
 # ---- one real training step ---------------------------------------------------------------------
-@pytest.mark.parametrize("kwargs", [{}, {"weights": "learned", "fusion": "recursive"}])
-def test_one_training_step_updates_student_and_method(kwargs):
-    torch.manual_seed(0)
-    student, teacher = _pair()
-    teacher.requires_grad_(False)
-    method = _method(student, teacher, **kwargs).train()
+def _one_step(student, teacher, method, batch):
+    """One Adam step of L1 task + KD on random audio ``(batch, 1600)``, the teacher under no_grad; returns the
+    loss and the student / method (by name) / teacher parameters from before the step."""
     student.train()
     s_taps, t_taps = FeatureTaps(student, method.student_taps()), FeatureTaps(teacher, method.teacher_taps())
     opt = torch.optim.Adam([*student.parameters(), *method.parameters()], lr=1e-2)
     before_s = [p.detach().clone() for p in student.parameters()]
-    before_m = [p.detach().clone() for p in method.parameters()]
+    before_m = {n: p.detach().clone() for n, p in method.named_parameters()}
     before_t = [p.detach().clone() for p in teacher.parameters()]
-    noisy, clean = torch.randn(2, 1600), torch.randn(2, 1600)
+    noisy, clean = torch.randn(batch, 1600), torch.randn(batch, 1600)
     with torch.no_grad():
         t_out = teacher(noisy)
     s_out = student(noisy)
@@ -976,10 +957,20 @@ def test_one_training_step_updates_student_and_method(kwargs):
     opt.step()
     s_taps.remove()
     t_taps.remove()
+    return loss, before_s, before_m, before_t
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"weights": "learned", "fusion": "recursive"}])
+def test_one_training_step_updates_student_and_method(kwargs):
+    torch.manual_seed(0)
+    student, teacher = _pair()
+    teacher.requires_grad_(False)
+    method = _method(student, teacher, **kwargs).train()
+    loss, before_s, before_m, before_t = _one_step(student, teacher, method, batch=2)
     assert torch.isfinite(loss)
     assert any(not torch.equal(a, b) for a, b in zip(before_s, student.parameters(), strict=True))
-    assert all(not torch.equal(a, b) for a, b in zip(before_m, method.parameters(), strict=True)
-               if a.ndim > 1)  # every conv / linear weight of the method moved
+    assert all(not torch.equal(before_m[n], p) for n, p in method.named_parameters()
+               if p.ndim > 1)  # every conv / linear weight of the method moved
     assert all(torch.equal(a, b) for a, b in zip(before_t, teacher.parameters(), strict=True))
 
 
