@@ -15,9 +15,11 @@ KDLIB = [sys.executable, "-m", "kdlib.cli"]
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment for a fresh local Ray (no ``RAY_ADDRESS``), without telemetry."""
+    """This process's environment for a fresh local Ray (no ``RAY_ADDRESS``), without telemetry or Ray's log
+    de-duplication."""
+    # RAY_DEDUP_LOGS=0: every worker line reaches the log (the benchmarks read some of them)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **extra}
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_DEDUP_LOGS": "0", **extra}
     env.pop("RAY_ADDRESS", None)
     return env
 

@@ -25,18 +25,20 @@ Why this grid is fair to ASHA and meaningful:
 * Method ``none`` needs no teacher at training time, so an epoch costs the same in every trial; the
   teacher is only used to size the student (trained for 1 epoch, or ``--teacher CHECKPOINT``).
 
-What limits the saving here (read from the per-trial lines): Ray's asynchronous ASHA lets the first trial
-to reach a rung through unconditionally, so with 8 trials, 2 at a time, one or two of them run all
-epochs whatever their score; and kdlib's rung score is the current epoch's ``val_si_sdr``, which in these
-short epochs swings by 1-3 dB at the higher rates, so a trial whose best epoch comes later can be stopped
-on a dip. More trials per sweep amortise the first; the second would need ASHA on ``best_val_si_sdr`` (the
-score of the weights a trial keeps).
+What limits the saving (read from the per-trial lines): Ray's asynchronous ASHA lets the first trial to reach
+a rung through unconditionally, and a trial compared with few recorded ones passes easily, so with 2 trials at a
+time the first trials of the grid run all epochs whatever their score. More trials per sweep amortise that:
+``--grid 16`` runs 16 learning rates instead of the default 8. The rung score is
+``best_val_si_sdr`` (what kdlib's Tune setup ranks on: the score of the weights a trial keeps), so a trial is
+not stopped on a one-epoch dip of ``val_si_sdr``, which in these short epochs swings by 1-3 dB at the
+higher rates.
 
 A trial-epoch is one epoch of one trial (ASHA's unit of budget); a trial's epochs are its last reported
 ``epoch``. Both runs use ``--no-report`` and the primary test set only (the report and the final test
 scoring are the same work in both, per finished trial, and are not what is counted).
 
-    python benchmarks/asha_savings.py            # 8 learning rates × 8 epochs × 64 segments (about 11 min on 2 cores)
+    python benchmarks/asha_savings.py            # 8 learning rates × 8 epochs × 64 segments (about 9 min on 2 cores)
+    python benchmarks/asha_savings.py --grid 16  # 16 learning rates (about twice as long)
     python benchmarks/asha_savings.py --quick    # 4 learning rates × 4 epochs × 8 short segments (about 2-3 min)
 """
 
@@ -55,7 +57,9 @@ TARGET_SAVED, TARGET_DB = 50.0, 0.1
 ASHA = "scheduler={name: asha, grace_period: 1, reduction_factor: 2}"
 COMMON = ["search.method=[none]", "search.student_ratio=[0.25]", "search.seed=[0]"]
 TEST = "data.test=[{{name: vb_demand, corpus: vb_demand, speakers: [p232], pesq_mode: wb, max_utterances: {}}}]"
-FULL = {"lrs": [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2], "epochs": 8,
+GRIDS = {8: [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2],
+         16: [1e-4, 1.5e-4, 2e-4, 3e-4, 5e-4, 7e-4, 1e-3, 1.5e-3, 2e-3, 3e-3, 5e-3, 7e-3, 1e-2, 1.5e-2, 2e-2, 3e-2]}
+FULL = {"lrs": GRIDS[8], "epochs": 8,
         "sets": ["data.train.segments_per_epoch=64", TEST.format("null")]}
 QUICK = {"lrs": [1e-4, 1e-3, 5e-3, 2e-2], "epochs": 4,
          "sets": ["data.train.segments_per_epoch=8", "data.train.segment_seconds=1.0", "data.valid.max_utterances=6",
@@ -81,12 +85,13 @@ def curves(runs: Path) -> dict[float, list[float]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="4 learning rates × 4 short epochs")
+    p.add_argument("--grid", type=int, choices=sorted(GRIDS), default=8, help="learning rates in the full grid")
     p.add_argument("--teacher", default=None, help="use this teacher checkpoint (quickstart architecture)")
     p.add_argument("--keep", default=None, help="keep the sweeps' output in this folder (default: a temp dir)")
     args = p.parse_args(argv)
     shown = " ".join(["python", "benchmarks/asha_savings.py", *(argv if argv is not None else sys.argv[1:])])
     print(f"# command: {shown}", flush=True)
-    size = QUICK if args.quick else FULL
+    size = QUICK if args.quick else {**FULL, "lrs": GRIDS[args.grid]}
 
     with tempfile.TemporaryDirectory(prefix="kdlib-asha-") as tmp:
         out = Path(args.keep).resolve() if args.keep else Path(tmp)

@@ -35,6 +35,10 @@ NOISY_SCORES_FILE = "noisy_scores.csv"
 #: metric that Tune, ASHA, Optuna and "best epoch" select on (validation only, never test)
 SELECTION_METRIC = "val_si_sdr"
 SELECTION_MODE = "max"
+#: what Ray Tune, ASHA and Optuna rank trials on: the best ``SELECTION_METRIC`` so far, i.e. the score of the
+#: weights a trial keeps. It never falls between epochs, so ASHA does not stop a trial at a rung for a one-epoch
+#: dip that its kept weights do not have, and Optuna learns from the score of the model the trial returns.
+TUNE_METRIC = f"best_{SELECTION_METRIC}"
 #: reported every epoch by every trial; its history tells which epochs a run holds
 EPOCH_METRIC = SELECTION_METRIC
 

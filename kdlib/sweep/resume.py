@@ -98,7 +98,7 @@ def resume_sweep(target: str | os.PathLike, restart_errored: bool = False, repor
     started_ray = init_ray(plan, address)
     try:
         check_resources(plan)
-        param_space, _, _ = build_search(plan.cfg.search, contract.SELECTION_METRIC, contract.SELECTION_MODE)
+        param_space, _, _ = build_search(plan.cfg.search, contract.TUNE_METRIC, contract.SELECTION_MODE)
         tuner = tune.Tuner.restore(str(experiment_dir), trainable=build_trainable(trial_plan, teacher_paths),
                                    resume_unfinished=True, resume_errored=not restart_errored,
                                    restart_errored=restart_errored, param_space=param_space)

@@ -43,7 +43,7 @@ def run_sweep(plan: SweepPlan, report: bool = True, callbacks: list[Callback] | 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from ray import tune
 
-    from kdlib.sweep.space import build_search
+    from kdlib.sweep.space import build_scheduler, build_search
     from kdlib.sweep.tracking import (
         MLflowTrialLogger,
         experiment_id,
@@ -72,14 +72,9 @@ def run_sweep(plan: SweepPlan, report: bool = True, callbacks: list[Callback] | 
         print(f"[sweep] MLflow experiment '{plan.experiment}', parent run {parent} at {plan.tracking_uri}",
               flush=True)
 
-        param_space, searcher, num_samples = build_search(cfg.search, contract.SELECTION_METRIC,
+        param_space, searcher, num_samples = build_search(cfg.search, contract.TUNE_METRIC,
                                                           contract.SELECTION_MODE)
-        scheduler = None
-        if cfg.scheduler.name == "asha":
-            from ray.tune.schedulers import ASHAScheduler
-
-            scheduler = ASHAScheduler(max_t=cfg.training.epochs, grace_period=cfg.scheduler.grace_period,
-                                      reduction_factor=cfg.scheduler.reduction_factor, time_attr="epoch")
+        scheduler = build_scheduler(cfg.scheduler, cfg.training.epochs)
         logger = MLflowTrialLogger(plan, plan.tracking_uri, exp_id, parent, pesq_mode, git_commit())
         name = f"{plan.name}-{parent[:8]}"
         trial_plan = plan.pinned()  # the data root resolved once, here: trials run in their own working directories
@@ -87,9 +82,12 @@ def run_sweep(plan: SweepPlan, report: bool = True, callbacks: list[Callback] | 
             build_trainable(trial_plan, teacher_paths),
             param_space=param_space,
             tune_config=tune.TuneConfig(
-                metric=contract.SELECTION_METRIC, mode=contract.SELECTION_MODE, search_alg=searcher,
+                metric=contract.TUNE_METRIC, mode=contract.SELECTION_MODE, search_alg=searcher,
                 scheduler=scheduler, num_samples=num_samples, max_concurrent_trials=cfg.ray.max_concurrent_trials,
                 trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+                # a trial slot keeps its actor (torch and kdlib imported, worker started) for the next trial;
+                # every trial re-seeds and rebuilds all it uses, so it does not matter which actor it lands in
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name=name, storage_path=str(out / "ray"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdlib.config import Distribution, SearchConfig
+from kdlib.config import Distribution, SchedulerConfig, SearchConfig
 
 
 def grid_points(search: SearchConfig) -> list[dict[str, Any]]:
@@ -57,3 +57,19 @@ def build_search(search: SearchConfig, metric: str, mode: str, seed: int = 0) ->
     searcher = OptunaSearch(space=DefineByRunSpace(search), metric=metric, mode=mode,
                             points_to_evaluate=points, seed=seed)
     return {}, searcher, len(points)
+
+
+def build_scheduler(scheduler: SchedulerConfig, epochs: int) -> Any:
+    """The sweep's trial scheduler for ``ray.tune.TuneConfig``: None for FIFO, else Ray's asynchronous
+    successive halving (ASHA, arXiv 1810.05934) with rungs at ``grace_period`` × ``reduction_factor``^k epochs.
+
+    The metric and mode come from the TuneConfig (:data:`kdlib.sweep.contract.TUNE_METRIC`: the best
+    validation SI-SDR so far, so a trial is judged at a rung by the weights it would keep, not stopped for a
+    one-epoch dip of its current score).
+    """
+    if scheduler.name != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(max_t=epochs, grace_period=scheduler.grace_period,
+                         reduction_factor=scheduler.reduction_factor, time_attr="epoch")

@@ -111,9 +111,9 @@ def train_as_ray_tasks(plan: SweepPlan, names: list[str | None], log: Log = prin
     return {name: metas[name] for name in names}
 
 
-def _fill_cache_task(plan: SweepPlan, name: str | None, teacher_path: str) -> int:
-    """The cache-filling task body, in a Ray worker: every epoch of one teacher's entry (output and the sweep's
-    taps), then each KD method's teacher targets; returns the epochs filled or found complete."""
+def _fill_cache_task(plan: SweepPlan, name: str | None, teacher_path: str, epoch: int) -> int:
+    """The cache-filling task body, in a Ray worker: one epoch of one teacher's entry (output and the sweep's
+    taps), then each KD method's teacher targets; returns the epoch (filled, or found complete)."""
     import torch
 
     from kdlib.config import import_plugins
@@ -132,18 +132,19 @@ def _fill_cache_task(plan: SweepPlan, name: str | None, teacher_path: str) -> in
     methods = [kd for kd in teacher_kd_methods(cfg, name) if kd.target_taps()]
     cache = TeacherCache(plan.teacher_cache_dir, cache_key(teacher_path, plan.cache_data_identity(), cfg.data.seed),
                          plan.cache_taps(name), log=_print)
-    for epoch in range(cfg.training.epochs):
-        # a call with a method also fills the entry's output and taps: one pass when targets are asked for
-        for kd in methods or [None]:
-            cache.epoch(epoch, teacher, data.train, kd.teacher_taps() if kd else cache.taps, device, method=kd)
-    return cfg.training.epochs
+    # a call with a method also fills the entry's output and taps: one pass when targets are asked for
+    for kd in methods or [None]:
+        cache.epoch(epoch, teacher, data.train, kd.teacher_taps() if kd else cache.taps, device, method=kd)
+    return epoch
 
 
 def prefill_teacher_caches(plan: SweepPlan, teacher_paths: dict[str, str], log: Log = print) -> list[Any]:
     """Start filling the teacher-output cache of every teacher a KD method of the sweep reads: one Ray task
-    each (``resources.cpu`` CPUs and ``resources.gpu`` GPU, as a trial), submitted before the trials so
-    it fills the epochs while the first trials (e.g. the ``none`` students) run. A trial that reaches an epoch
-    first fills it itself (the entry's file lock makes it once either way), so the tasks only save waiting.
+    per teacher and epoch (``resources.cpu`` CPUs and ``resources.gpu`` GPU, as a trial), submitted before the
+    trials so the epochs fill while the first trials (e.g. the ``none`` students) run. One task per epoch rather
+    than one per teacher: short tasks spread over the trial slots, where one long task would hold one slot for
+    the whole fill and leave the other slots' trials to finish later. A trial that reaches an epoch first fills
+    it itself (the entry's file lock makes it once either way), so the tasks only save waiting.
 
     Args:
         teacher_paths: teacher checkpoints by ``teachers:`` key (``""`` for the single teacher).
@@ -166,10 +167,11 @@ def prefill_teacher_caches(plan: SweepPlan, teacher_paths: dict[str, str], log: 
         if not teacher_kd_methods(cfg, name):
             continue
         key = plan.teacher(name).key
-        log(f"[teacher cache] {plan.teacher(name).where}: filling {cfg.training.epochs} epoch(s) in a Ray task "
-            "while the first trials run")
-        refs.append(remote.options(num_cpus=cfg.resources.cpu, num_gpus=cfg.resources.gpu, max_retries=0,
-                                   name=f"teacher-cache-{key or 'main'}").remote(task_plan, name, teacher_paths[key]))
+        log(f"[teacher cache] {plan.teacher(name).where}: filling {cfg.training.epochs} epoch(s) in Ray tasks "
+            "(one per epoch) while the first trials run")
+        task = remote.options(num_cpus=cfg.resources.cpu, num_gpus=cfg.resources.gpu, max_retries=0,
+                              name=f"teacher-cache-{key or 'main'}")
+        refs += [task.remote(task_plan, name, teacher_paths[key], epoch) for epoch in range(cfg.training.epochs)]
     return refs
 
 

@@ -143,8 +143,8 @@ def kd_trial(config: dict[str, Any], plan: SweepPlan, teacher_paths: dict[str, s
                 for file, rows in scores.files.items():
                     write_score_rows(Path(d) / file, rows)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-    # a finished trial gives its GPU memory back at once (its actor process exits right after, and
-    # nothing module-level holds a trial's tensors)
+    # a finished trial gives its memory back at once: Tune hands its actor to the next trial (reuse_actors),
+    # and nothing module-level holds a trial's tensors
     del trainer, teacher, data, sized, student, kd, task_loss
     release_memory()
 

@@ -1,0 +1,70 @@
+"""How the sweep sets Ray Tune up: ASHA judges a trial at a rung by the weights it would keep (the best
+validation SI-SDR so far, not the current epoch's), and a trial that reuses an earlier trial's actor gives the
+same numbers as one in a fresh actor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from kdlib.config import SchedulerConfig
+from kdlib.sweep import contract
+from kdlib.sweep.space import build_scheduler
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _asha_decisions(metric: str) -> list[str]:
+    """ASHA (grace 1, reduction 2, 4 epochs: rungs at epochs 1 and 2) fed two trials: ``a`` scores 4 then 5 dB;
+    ``b`` scores 6 dB, then dips to 4.5 dB at epoch 2 (its best so far is still 6 dB, above ``a``'s 5)."""
+    scheduler = build_scheduler(SchedulerConfig(name="asha", grace_period=1, reduction_factor=2), epochs=4)
+    assert scheduler.set_search_properties(metric, "max")
+    a, b = SimpleNamespace(trial_id="a"), SimpleNamespace(trial_id="b")
+    for trial in (a, b):
+        scheduler.on_trial_add(None, trial)
+    curves = {"a": [4.0, 5.0], "b": [6.0, 4.5]}
+    decisions = []
+    for epoch in (1, 2):
+        for trial in (a, b):
+            vals = curves[trial.trial_id][:epoch]
+            result = {"epoch": epoch, contract.SELECTION_METRIC: vals[-1], contract.TUNE_METRIC: max(vals)}
+            decisions.append(f"{trial.trial_id}{epoch}:{scheduler.on_trial_result(None, trial, result)}")
+    return decisions
+
+
+def test_asha_keeps_a_trial_whose_kept_weights_beat_the_rung():
+    assert contract.TUNE_METRIC == f"best_{contract.SELECTION_METRIC}"
+    assert _asha_decisions(contract.TUNE_METRIC) == ["a1:CONTINUE", "b1:CONTINUE", "a2:CONTINUE", "b2:CONTINUE"]
+    # the same trials ranked on the current epoch's score: b is stopped for its dip (what kdlib no longer does)
+    assert _asha_decisions(contract.SELECTION_METRIC)[-1] == "b2:STOP"
+
+
+def test_fifo_has_no_scheduler():
+    assert build_scheduler(SchedulerConfig(name="fifo"), epochs=4) is None
+
+
+def _sweep(tmp: Path, seeds: str):
+    """A smoke quickstart of ``none`` students at 25 % with these seeds, one trial at a time; its trials."""
+    from ray.tune import ExperimentAnalysis
+
+    from kdlib.sweep.plan import load_plan
+    from kdlib.sweep.runner import run_sweep
+
+    overrides = [f"output_dir={tmp}", "search.method=[none]", "search.student_ratio=[0.25]",
+                 f"search.seed={seeds}", "smoke.seeds=2", "ray.num_cpus=1", "name=reuse"]
+    outcome = run_sweep(load_plan(REPO / "sweeps" / "quickstart.yaml", smoke=True, overrides=overrides), report=False)
+    assert outcome.errored == 0
+    return {t.config["seed"]: t.last_result for t in ExperimentAnalysis(str(outcome.experiment_dir)).trials}
+
+
+@pytest.mark.slow
+def test_a_trial_in_a_reused_actor_scores_as_in_a_fresh_one(data_root, tmp_path, monkeypatch):
+    monkeypatch.delenv("KDLIB_OUTPUT", raising=False)
+    both = _sweep(tmp_path / "both", "[0, 1]")
+    assert both[0]["pid"] == both[1]["pid"]  # one CPU: seed 1 ran in seed 0's actor
+    alone = _sweep(tmp_path / "alone", "[1]")
+    assert alone[1]["pid"] != both[1]["pid"]
+    for key in (contract.SELECTION_METRIC, "train_loss", "test_pesq", "test_stoi", "valid_si_sdr"):
+        assert alone[1][key] == both[1][key], key
