@@ -46,13 +46,14 @@ def test_fifo_has_no_scheduler():
 
 
 def _sweep(tmp: Path, seeds: str):
-    """A smoke quickstart of ``none`` students at 25 % with these seeds, one trial at a time; its trials."""
+    """A smoke quickstart of ``self_similarity`` students at 25 % (a KD method that reads the teacher-output
+    cache) with these seeds, one trial at a time; its trials."""
     from ray.tune import ExperimentAnalysis
 
     from kdlib.sweep.plan import load_plan
     from kdlib.sweep.runner import run_sweep
 
-    overrides = [f"output_dir={tmp}", "search.method=[none]", "search.student_ratio=[0.25]",
+    overrides = [f"output_dir={tmp}", "search.method=[self_similarity]", "search.student_ratio=[0.25]",
                  f"search.seed={seeds}", "smoke.seeds=2", "ray.num_cpus=1", "name=reuse"]
     outcome = run_sweep(load_plan(REPO / "sweeps" / "quickstart.yaml", smoke=True, overrides=overrides), report=False)
     assert outcome.errored == 0
@@ -66,5 +67,6 @@ def test_a_trial_in_a_reused_actor_scores_as_in_a_fresh_one(data_root, tmp_path,
     assert both[0]["pid"] == both[1]["pid"]  # one CPU: seed 1 ran in seed 0's actor
     alone = _sweep(tmp_path / "alone", "[1]")
     assert alone[1]["pid"] != both[1]["pid"]
-    for key in (contract.SELECTION_METRIC, "train_loss", "test_pesq", "test_stoi", "valid_si_sdr"):
+    for key in (contract.SELECTION_METRIC, "train_loss", "kd_loss", "kd_weight_resolved", "test_pesq", "test_stoi",
+                "valid_si_sdr"):
         assert alone[1][key] == both[1][key], key
