@@ -59,7 +59,7 @@ COMMON = ["search.method=[none]", "search.student_ratio=[0.25]", "search.seed=[0
 TEST = "data.test=[{{name: vb_demand, corpus: vb_demand, speakers: [p232], pesq_mode: wb, max_utterances: {}}}]"
 GRIDS = {8: [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2],
          16: [1e-4, 1.5e-4, 2e-4, 3e-4, 5e-4, 7e-4, 1e-3, 1.5e-3, 2e-3, 3e-3, 5e-3, 7e-3, 1e-2, 1.5e-2, 2e-2, 3e-2]}
-FULL = {"lrs": GRIDS[8], "epochs": 8,
+FULL = {"epochs": 8,  # the learning rates: GRIDS[--grid]
         "sets": ["data.train.segments_per_epoch=64", TEST.format("null")]}
 QUICK = {"lrs": [1e-4, 1e-3, 5e-3, 2e-2], "epochs": 4,
          "sets": ["data.train.segments_per_epoch=8", "data.train.segment_seconds=1.0", "data.valid.max_utterances=6",
