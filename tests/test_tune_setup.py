@@ -70,3 +70,39 @@ def test_a_trial_in_a_reused_actor_scores_as_in_a_fresh_one(data_root, tmp_path,
     for key in (contract.SELECTION_METRIC, "train_loss", "kd_loss", "kd_weight_resolved", "test_pesq", "test_stoi",
                 "valid_si_sdr"):
         assert alone[1][key] == both[1][key], key
+
+
+def test_cache_fill_starts_before_the_mlflow_setup_and_is_cancelled_when_that_fails(data_root, tmp_path, monkeypatch):
+    """The teacher-output cache fill is submitted as soon as the teachers exist (it runs beside the MLflow parent
+    run and Tune set-up), and a set-up step that fails after it hands the fill tasks to ``finish_prefill``
+    (which cancels them) instead of leaving them running. Ray and the teacher are stubbed: only the order of
+    the driver's steps is under test."""
+    import kdlib.sweep.runner as runner
+    import kdlib.sweep.tracking as tracking
+    from kdlib.errors import KdlibError
+    from kdlib.sweep.plan import load_plan
+
+    monkeypatch.delenv("KDLIB_OUTPUT", raising=False)
+    plan = load_plan(REPO / "sweeps" / "quickstart.yaml", smoke=True,
+                     overrides=[f"output_dir={tmp_path}", "search.method=[output]", "search.student_ratio=[0.25]"])
+    steps: list[str] = []
+    fake_path = tmp_path / "teacher.pt"
+    monkeypatch.setattr(runner, "init_ray", lambda plan: False)
+    monkeypatch.setattr(runner, "check_resources", lambda plan: None)
+    monkeypatch.setattr(runner, "ensure_teachers",
+                        lambda plan, train=None: {name: (fake_path, {}) for name in plan.teachers})
+
+    def prefill(trial_plan, teacher_paths):
+        steps.append(f"prefill {sorted(teacher_paths.values())}")
+        return ["fill-ref"]
+
+    def parent_run(*args, **kwargs):
+        steps.append("parent run")
+        raise KdlibError("MLflow refused the parent run")
+
+    monkeypatch.setattr(runner, "prefill_teacher_caches", prefill)
+    monkeypatch.setattr(runner, "finish_prefill", lambda refs: steps.append(f"finish {refs}"))
+    monkeypatch.setattr(tracking, "start_parent_run", parent_run)
+    with pytest.raises(KdlibError, match="refused the parent run"):
+        runner.run_sweep(plan, report=False)
+    assert steps == [f"prefill {[str(fake_path)]}", "parent run", "finish ['fill-ref']"]

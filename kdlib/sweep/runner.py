@@ -65,45 +65,46 @@ def run_sweep(plan: SweepPlan, report: bool = True, callbacks: list[Callback] | 
         exp_id = experiment_id(client, plan)
         # missing teachers train as Ray tasks, in parallel where the cluster has room, before any trial
         teachers = ensure_teachers(plan, train=train_as_ray_tasks)
-        parent = start_parent_run(client, plan, exp_id, pesq_mode, checked.pesq_modes)
-        for name, (path, meta) in teachers.items():
-            log_teacher_run(client, plan, exp_id, parent, meta, path, name)
         teacher_paths = {plan.teacher(name).key: str(path) for name, (path, _) in teachers.items()}
-        print(f"[sweep] MLflow experiment '{plan.experiment}', parent run {parent} at {plan.tracking_uri}",
-              flush=True)
-
-        param_space, searcher, num_samples = build_search(cfg.search, contract.TUNE_METRIC,
-                                                          contract.SELECTION_MODE)
-        scheduler = build_scheduler(cfg.scheduler, cfg.training.epochs)
-        logger = MLflowTrialLogger(plan, plan.tracking_uri, exp_id, parent, pesq_mode, git_commit())
-        name = f"{plan.name}-{parent[:8]}"
         trial_plan = plan.pinned()  # the data root resolved once, here: trials run in their own working directories
-        tuner = tune.Tuner(
-            build_trainable(trial_plan, teacher_paths),
-            param_space=param_space,
-            tune_config=tune.TuneConfig(
-                metric=contract.TUNE_METRIC, mode=contract.SELECTION_MODE, search_alg=searcher,
-                scheduler=scheduler, num_samples=num_samples, max_concurrent_trials=cfg.ray.max_concurrent_trials,
-                trial_name_creator=trial_name, trial_dirname_creator=trial_name,
-                # a trial slot keeps its actor (torch and kdlib imported, worker started) for the next trial;
-                # every trial re-seeds and rebuilds all it uses, so it does not matter which actor it lands in
-                reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                name=name, storage_path=str(out / "ray"),
-                callbacks=[logger, ProgressCallback(num_samples), *(callbacks or [])],
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                failure_config=tune.FailureConfig(max_failures=cfg.ray.max_failures),
-                verbose=1,
-            ),
-        )
-        experiment_dir = out / "ray" / name
-        save_sweep_record(experiment_dir, plan, report=report, experiment_id=exp_id, parent_run_id=parent,
-                          pesq_mode=pesq_mode, teacher_paths=teacher_paths, num_trials=num_samples,
-                          data_root=trial_plan.pinned_root)
-        # the teacher-output cache fills in Ray tasks while the first trials run (the trials fill what is left)
+        # the teacher-output cache fills in Ray tasks from now on: beside the MLflow and Tune set-up below and the
+        # first trials (the trials fill what is left)
         fills = prefill_teacher_caches(trial_plan, teacher_paths)
         try:
+            parent = start_parent_run(client, plan, exp_id, pesq_mode, checked.pesq_modes)
+            for name, (path, meta) in teachers.items():
+                log_teacher_run(client, plan, exp_id, parent, meta, path, name)
+            print(f"[sweep] MLflow experiment '{plan.experiment}', parent run {parent} at {plan.tracking_uri}",
+                  flush=True)
+
+            param_space, searcher, num_samples = build_search(cfg.search, contract.TUNE_METRIC,
+                                                              contract.SELECTION_MODE)
+            scheduler = build_scheduler(cfg.scheduler, cfg.training.epochs)
+            logger = MLflowTrialLogger(plan, plan.tracking_uri, exp_id, parent, pesq_mode, git_commit())
+            name = f"{plan.name}-{parent[:8]}"
+            tuner = tune.Tuner(
+                build_trainable(trial_plan, teacher_paths),
+                param_space=param_space,
+                tune_config=tune.TuneConfig(
+                    metric=contract.TUNE_METRIC, mode=contract.SELECTION_MODE, search_alg=searcher,
+                    scheduler=scheduler, num_samples=num_samples, max_concurrent_trials=cfg.ray.max_concurrent_trials,
+                    trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+                    # a trial slot keeps its actor (torch and kdlib imported, worker started) for the next trial;
+                    # every trial re-seeds and rebuilds all it uses, so it does not matter which actor it lands in
+                    reuse_actors=True,
+                ),
+                run_config=tune.RunConfig(
+                    name=name, storage_path=str(out / "ray"),
+                    callbacks=[logger, ProgressCallback(num_samples), *(callbacks or [])],
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    failure_config=tune.FailureConfig(max_failures=cfg.ray.max_failures),
+                    verbose=1,
+                ),
+            )
+            experiment_dir = out / "ray" / name
+            save_sweep_record(experiment_dir, plan, report=report, experiment_id=exp_id, parent_run_id=parent,
+                              pesq_mode=pesq_mode, teacher_paths=teacher_paths, num_trials=num_samples,
+                              data_root=trial_plan.pinned_root)
             results = tuner.fit()
         finally:
             finish_prefill(fills)

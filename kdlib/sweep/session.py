@@ -97,6 +97,10 @@ def init_ray(plan: SweepPlan, address: str | None = None) -> bool:
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # every trial report carries a checkpoint and num_to_keep=1, so Tune snapshots its state at each report by
+    # design; its "snapshotting triggered multiple times ... consider increasing num_to_keep" warning (read by
+    # the driver's Tuner) would repeat every epoch with advice that does not apply
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return False
     address, source = ray_address(plan, address)
