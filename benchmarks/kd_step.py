@@ -6,6 +6,9 @@ student forward + task and KD losses + backward + gradient clipping + Adam. The 
 quickstart's family (``sweeps/quickstart.yaml``'s teacher, untrained unless ``--teacher`` gives a checkpoint:
 the weights do not change the cost), the items its real training mixtures (batch 8 × 2 s at 16 kHz by
 default), one torch thread. Each figure is the median of ``--steps`` steps after ``--warmup`` warm-up steps.
+Per method, the ``none`` step and the method's steps without and with the cache are timed in turn (one step of
+each per round) and the ratios are taken against the ``none`` median of the same rounds: the machine's speed
+drifts by up to 20 % over one run of this script, and interleaving gives all three figures the same drift.
 Methods that do not run on the family (other families' methods) are listed as skipped, with the reason.
 
 Target (issue 12): with the cache, ≤ 1.10 for output-based methods and ≤ 1.30 for feature-based methods at 4 %.
@@ -28,8 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 QUICK_METHODS = ["output", "self_similarity", "fitnets"]
 
 
-def step_times(trainer, steps: int, warmup: int) -> list[float]:
-    """Seconds per step (the body of ``Trainer.train_epoch`` for one batch), ``steps`` after ``warmup``."""
+def _stepper(trainer):
+    """A function that runs the next training step of ``trainer`` (the body of ``Trainer.train_epoch`` for one
+    batch, cycling over its epoch-0 batches) and returns its seconds."""
     import torch
 
     trainer.data.train.set_epoch(0)
@@ -39,9 +43,10 @@ def step_times(trainer, steps: int, warmup: int) -> list[float]:
     trainer.kd.train()
     task_weight, kd_weight = trainer.loss_weights()
     batches = list(trainer.loader)
-    out = []
-    for k in range(warmup + steps):
-        noisy, clean, index = batches[k % len(batches)]
+    count = iter(range(1 << 30))
+
+    def step() -> float:
+        noisy, clean, index = batches[next(count) % len(batches)]
         start = time.perf_counter()
         task, kd = trainer._losses(noisy, clean, index)
         loss = task_weight * task + kd_weight * kd
@@ -49,9 +54,22 @@ def step_times(trainer, steps: int, warmup: int) -> list[float]:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainer.student.parameters(), trainer.settings.grad_clip)
         trainer.optimizer.step()
-        if k >= warmup:
-            out.append(time.perf_counter() - start)
-    return out
+        return time.perf_counter() - start
+
+    return step
+
+
+def interleaved_medians(trainers: list, steps: int, warmup: int) -> list[float]:
+    """Median seconds per step of each trainer, their steps taken in turn (trainer 1, 2, ..., 1, 2, ...) so
+    that a slow drift of the machine's speed reaches every trainer alike; ``warmup`` rounds are discarded."""
+    steppers = [_stepper(t) for t in trainers]
+    times: list[list[float]] = [[] for _ in trainers]
+    for k in range(warmup + steps):
+        for step, out in zip(steppers, times, strict=True):
+            seconds = step()
+            if k >= warmup:
+                out.append(seconds)
+    return [statistics.median(t) for t in times]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,20 +135,23 @@ def main(argv: list[str] | None = None) -> int:
             return Trainer(student, teacher, kd, task_loss_for(student), data, settings, "cpu",
                            log=lambda _: None, teacher_cache=cache if cached else None)
 
-        step_times(trainer("none", args.ratios[0], False), args.steps, args.warmup)  # process warm-up, discarded
+        interleaved_medians([trainer("none", args.ratios[0], False)], args.steps, args.warmup)  # process warm-up
         for ratio in args.ratios:
-            base = statistics.median(step_times(trainer("none", ratio, False), args.steps, args.warmup))
-            print(f"ratio {ratio:g}: none step {base * 1e3:.0f} ms")
+            bases = []
             for m in methods:
                 if built[m] is not None:
                     print(f"ratio {ratio:g}: {m}: skipped ({built[m]})")
                     continue
-                plain = statistics.median(step_times(trainer(m, ratio, False), args.steps, args.warmup))
-                cached = statistics.median(step_times(trainer(m, ratio, True), args.steps, args.warmup))
+                base, plain, cached = interleaved_medians(
+                    [trainer("none", ratio, False), trainer(m, ratio, False), trainer(m, ratio, True)],
+                    args.steps, args.warmup)
+                bases.append(base)
                 print(f"ratio {ratio:g}: {m}: {plain / base:.2f}x none without the cache, "
-                      f"{cached / base:.2f}x with it ({plain * 1e3:.0f} -> {cached * 1e3:.0f} ms)")
-            again = statistics.median(step_times(trainer("none", ratio, False), args.steps, args.warmup))
-            print(f"ratio {ratio:g}: none step again at the end {again * 1e3:.0f} ms (drift {again / base - 1:+.0%})")
+                      f"{cached / base:.2f}x with it ({plain * 1e3:.0f} -> {cached * 1e3:.0f} ms; "
+                      f"none {base * 1e3:.0f} ms in the same rounds)", flush=True)
+            if bases:
+                print(f"ratio {ratio:g}: none step over the methods' rounds: {min(bases) * 1e3:.0f}-"
+                      f"{max(bases) * 1e3:.0f} ms (median {statistics.median(bases) * 1e3:.0f} ms)")
     return 0
 
 
