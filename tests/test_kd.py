@@ -80,11 +80,21 @@ def _pair(ratio=0.25):
 
 @pytest.mark.parametrize("name", ["output", "self_similarity"])
 def test_loss_is_zero_when_the_student_equals_the_teacher(name):
+    """Zero up to float32 rounding: the student runs with autograd and the teacher without, and the CPU's
+    kernels may round the two passes differently (about 1e-6 of the loss on some CPUs, exactly 0 on others);
+    the same student with perturbed weights scores at least 10^4 times more."""
+    torch.manual_seed(0)
     teacher = build_model("dpcrn_lite", TEACHER_ARGS).eval()
     student = copy.deepcopy(teacher).eval()
     method = build_kd_method(name, student, teacher)
-    loss = method(kd_inputs(method, student, teacher, torch.randn(2, 8000)))
-    assert float(loss.detach()) == pytest.approx(0.0, abs=1e-6)
+    x = torch.randn(2, 8000)
+    same = float(method(kd_inputs(method, student, teacher, x)).detach())
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    moved = float(method(kd_inputs(method, student, teacher, x)).detach())
+    assert moved > 0
+    assert 0 <= same <= 1e-4 * moved
 
 
 @pytest.mark.parametrize("name,cached", [("output", False), ("self_similarity", False), ("self_similarity", True)])

@@ -314,14 +314,15 @@ def test_sym_kl_is_nonnegative_symmetric_and_zero_iff_equal():
 
 
 def test_authors_intra_loss_is_zero_iff_student_equals_teacher():
-    """One layer per side (a set given as a module path): identical features → exactly 0, whatever the
-    weights; a changed student → > 0."""
+    """One layer per side (a set given as a module path): identical models → 0 whatever the weights, up to the
+    float32 rounding of their two passes (the student's runs with autograd, the teacher's without, and some
+    CPUs' kernels round them differently: 8e-15 seen, exactly 0 on others); a changed student → > 1e-4."""
     torch.manual_seed(0)
     teacher = build_model("dpcrn_lite", TEACHER_ARGS).eval()
     student = copy.deepcopy(teacher).eval()
     method = _build(student, teacher, sets=["encoder.1", "dualpath.0"], inter_set_fusion=False)
     x = torch.randn(3, 1600)
-    assert method(kd_inputs(method, student, teacher, x)).item() == 0.0
+    assert 0 <= method(kd_inputs(method, student, teacher, x)).item() < 1e-10
     with torch.no_grad():
         student.encoder[1].conv.weight.add_(torch.randn_like(student.encoder[1].conv.weight))
     assert method(kd_inputs(method, student, teacher, x)).item() > 1e-4
@@ -650,7 +651,8 @@ def test_reconstruction_reproduces_the_values_of_the_code_before_the_authors_var
         student = build_model("dpcrn_lite", size_student("dpcrn_lite", TEACHER_ARGS, 0.25).model_args)
         method = _method(student, teacher, **kw)
         x = torch.randn(3, 1600, generator=torch.Generator().manual_seed(7))
-        assert method(kd_inputs(method, student, teacher, x)).item() == pytest.approx(expected[case], rel=1e-6)
+        # rel 1e-5 as the fixture pins below: CPUs whose kernels round differently moved the second case by 2e-6
+        assert method(kd_inputs(method, student, teacher, x)).item() == pytest.approx(expected[case], rel=1e-5)
 
 
 FIXTURES = json.loads(FIXTURE_PATH.read_text()) if FIXTURE_PATH.exists() else {}
