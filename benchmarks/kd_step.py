@@ -20,6 +20,7 @@ Target (issue 12): with the cache, ≤ 1.10 for output-based methods and ≤ 1.3
 from __future__ import annotations
 
 import argparse
+import itertools
 import shlex
 import statistics
 import sys
@@ -42,11 +43,10 @@ def _stepper(trainer):
     trainer.student.train()
     trainer.kd.train()
     task_weight, kd_weight = trainer.loss_weights()
-    batches = list(trainer.loader)
-    count = iter(range(1 << 30))
+    batches = itertools.cycle(list(trainer.loader))
 
     def step() -> float:
-        noisy, clean, index = batches[next(count) % len(batches)]
+        noisy, clean, index = next(batches)
         start = time.perf_counter()
         task, kd = trainer._losses(noisy, clean, index)
         loss = task_weight * task + kd_weight * kd
